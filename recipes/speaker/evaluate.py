@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""Evaluates the pretrained base model and the fine-tuned speaker model side by side.
+
+Verification (e.g. VoxCeleb1-O): EER, minDCF (NIST-normalised) at p_target 0.01 and 0.05, TAR at
+FAR 1% and 0.1%, verification accuracy at the EER threshold, with cosine scoring and, given a
+cohort manifest, AS-norm. Identification: top-1/top-5 accuracy by cosine to per-speaker enrolment
+centroids, on the evaluation corpus (unseen speakers) and on held-out utterances of the training
+speakers, where the ArcFace classifier head's accuracy is reported too.
+
+Each distinct utterance is embedded once (batched by length, long files in chunks) and the
+embeddings are cached on disk; a rerun only embeds what is missing.
+
+To run::
+
+    python recipes/speaker/evaluate.py hparams/wavlm-lora-arcface.yaml \\
+        --data_folder /data/voxceleb2 --eval_data_folder /data/voxceleb1 \\
+        --verification_file /data/voxceleb1/veri_test2.txt
+
+Add ``--pretrained_only=True`` to evaluate only the base model (mean-pooled WavLM hidden states,
+no LoRA, no head), the baseline of the reference system.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import speechbrain as sb
+import torch
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.logger import get_logger
+
+from sepid.dataio import full_pipeline, load_label_encoder
+from sepid.distributed import gather_objects
+from sepid.manifest import write_atomic
+from sepid.models.speaker import embed_in_chunks, set_classifier_outputs
+from sepid.scoring import EmbeddingTable
+from sepid.speaker_eval import (
+    IdentificationSet,
+    VerificationSet,
+    identification_report,
+    resolve_rows,
+    unique_utterances,
+    verification_report,
+    write_trial_scores,
+)
+from sepid.tables import speaker_results_table
+
+logger = get_logger(__name__)
+
+
+class EmbeddingBrain(sb.Brain):
+    """Embeds utterances; ``on_stage_end(TEST)`` turns them into an ``EmbeddingTable``."""
+
+    def compute_forward(self, batch, stage):
+        batch = batch.to(self.device)
+        wavs, wav_lens = batch.sig
+        chunk = int(self.hparams.eval_chunk_seconds * self.hparams.sample_rate)
+        return embed_in_chunks(
+            self.modules.encoder, wavs, wav_lens, chunk, pretrained_only=self.pretrained_only
+        )
+
+    def compute_objectives(self, predictions, batch, stage):
+        self.keys.extend(batch.id)
+        self.embeddings.append(predictions.detach().float().cpu())
+        # Embedding has no objective; the Brain's evaluate loop still averages a stage loss.
+        return torch.zeros((), device=self.device)
+
+    def on_evaluate_start(self, max_key=None, min_key=None):
+        # The caller recovers the checkpoint it evaluates explicitly (the baseline needs none).
+        pass
+
+    def on_stage_start(self, stage, epoch=None):
+        self.keys, self.embeddings = [], []
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        keys, embs = [], []
+        for k, e in gather_objects((self.keys, self.embeddings)):
+            keys.extend(k)
+            embs.extend(e)
+        self.table = EmbeddingTable(keys, torch.cat(embs)) if keys else None
+
+    def embed(self, dataset, cache_path, fingerprint, pretrained_only):
+        """Embeddings of every utterance in ``dataset``, reusing the on-disk cache when it was
+        written by the same model (``fingerprint``)."""
+        self.pretrained_only = pretrained_only
+        cached = None
+        if cache_path.is_file():
+            saved = torch.load(cache_path, weights_only=False)
+            if saved["fingerprint"] == fingerprint:
+                cached = EmbeddingTable(saved["ids"], saved["embeddings"])
+        missing = [k for k in dataset.data_ids if cached is None or k not in cached]
+        logger.info(
+            "%s: %d utterances, %d cached, %d to embed",
+            fingerprint,
+            len(dataset.data_ids),
+            len(dataset.data_ids) - len(missing),
+            len(missing),
+        )
+        if not missing:
+            return cached
+        todo = dataset.filtered_sorted(key_test={"id": lambda k: k in set(missing)})
+        todo.add_dynamic_item(full_pipeline(self.hparams.sample_rate))
+        todo.set_output_keys(["id", "sig"])
+        self.evaluate(todo, test_loader_kwargs=self.hparams.eval_dataloader_opts)
+        table = self.table
+        if cached is not None:
+            table = EmbeddingTable(
+                cached.ids + table.ids, torch.cat([cached.embeddings, table.embeddings])
+            )
+        if if_main_process():
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_suffix(".tmp")
+            torch.save(
+                {"fingerprint": fingerprint, "ids": table.ids, "embeddings": table.embeddings}, tmp
+            )
+            tmp.replace(cache_path)
+        return table
+
+
+def evaluation_sets(hparams, label_encoder):
+    """The verification and identification sets this run can build from the prepared data."""
+    vsets, isets = [], []
+    eval_prep = Path(hparams["eval_prep_folder"])
+    if hparams["eval_data_folder"] is not None:
+        if (eval_prep / "veri_trials.csv").is_file():
+            vsets.append(
+                VerificationSet.from_prep("verification", eval_prep, hparams["eval_data_folder"])
+            )
+        isets.append(
+            IdentificationSet.from_prep("eval_speakers", eval_prep, hparams["eval_data_folder"])
+        )
+    isets.append(
+        IdentificationSet.from_prep(
+            "train_speakers",
+            hparams["prep_folder"],
+            hparams["data_folder"],
+            closed_set=label_encoder is not None,
+            label_encoder=label_encoder,
+        )
+    )
+    return vsets, isets
+
+
+if __name__ == "__main__":
+    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    sb.utils.distributed.ddp_init_group(run_opts)
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    run_on_main(hparams["prepare_data"])
+    if hparams["eval_data_folder"] is not None:
+        run_on_main(hparams["prepare_eval_data"])
+    else:
+        logger.warning(
+            "eval_data_folder is not set: only the training speakers' held-out utterances are "
+            "evaluated. Pass --eval_data_folder /data/voxceleb1 --verification_file "
+            "/data/voxceleb1/veri_test2.txt for VoxCeleb1-O."
+        )
+
+    label_encoder = load_label_encoder(f"{hparams['save_folder']}/label_encoder.txt")
+    vsets, isets = evaluation_sets(hparams, label_encoder)
+    cohort_rows = (
+        resolve_rows(hparams["cohort_csv"], hparams["eval_data_folder"])
+        if hparams["cohort_csv"]
+        else []
+    )
+    dataset = unique_utterances(
+        [v.rows for v in vsets] + [i.enrol + i.test for i in isets] + [cohort_rows]
+    )
+
+    brain = EmbeddingBrain(
+        modules=hparams["modules"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    models = {"pretrained": True}
+    if not hparams["pretrained_only"]:
+        if (
+            label_encoder is None
+            or hparams["checkpointer"].find_checkpoint(min_key="error_rate") is None
+        ):
+            raise FileNotFoundError(
+                f"No checkpoint in {hparams['save_folder']}: train first with "
+                f"recipes/speaker/train.py {hparams_file} (same overrides), or pass "
+                "--pretrained_only=True to evaluate the base model alone."
+            )
+        set_classifier_outputs(hparams["classifier"], len(label_encoder))
+        models["finetuned"] = False
+
+    out = Path(hparams["eval_folder"])
+    report, trial_scores = {}, {v.name: {} for v in vsets}
+    for tag, pretrained_only in models.items():
+        if pretrained_only:
+            fingerprint = f"pretrained:{hparams['wavlm_source']}"
+        else:
+            ckpt = hparams["checkpointer"].recover_if_possible(min_key="error_rate")
+            fingerprint = f"finetuned:{ckpt.path.resolve()}"
+        brain.modules.eval()
+        table = brain.embed(dataset, out / f"embeddings_{tag}.pt", fingerprint, pretrained_only)
+        if not if_main_process():
+            continue
+        cohort = (
+            table.embeddings[table.rows([r["wav"] for r in cohort_rows])] if cohort_rows else None
+        )
+        model_report = {}
+        for vset in vsets:
+            metrics, scores = verification_report(
+                vset,
+                table,
+                out,
+                tag,
+                cohort=cohort,
+                top_n=hparams["asnorm_top_n"],
+                p_targets=hparams["p_targets"],
+                far_targets=hparams["far_targets"],
+            )
+            model_report[vset.name] = metrics
+            trial_scores[vset.name].update({f"{tag}_{k}": v for k, v in scores.items()})
+        for iset in isets:
+            classifier = None if pretrained_only else brain.modules.classifier
+            model_report[f"identification_{iset.name}"] = identification_report(
+                iset, table, classifier=classifier, topk=hparams["topk"]
+            )
+        report[tag] = model_report
+
+    if if_main_process():
+        for vset in vsets:
+            write_trial_scores(out / f"scores_{vset.name}.csv", vset, trial_scores[vset.name])
+        command = " ".join(["python", *sys.argv])
+        result = {"command": command, "hparams_file": hparams_file, "models": report}
+        write_atomic(out / "metrics.json", json.dumps(result, indent=2))
+        table_md = speaker_results_table(report, command)
+        write_atomic(out / "results.md", table_md)
+        logger.info("Results (%s):\n%s", out / "metrics.json", table_md)

@@ -1,0 +1,125 @@
+#!/usr/bin/env python3
+"""Fine-tunes WavLM with LoRA and an ArcFace head for speaker identification and verification.
+
+Only the LoRA adapters (on the attention projections by default), the pooling/projection head and
+the ArcFace classifier train; WavLM itself stays frozen. Training uses random fixed-length crops,
+validation whole utterances (bounded length) of the same speakers; the checkpoint with the lowest
+validation classification error is kept.
+
+To run::
+
+    python recipes/speaker/train.py hparams/wavlm-lora-arcface.yaml --data_folder /data/voxceleb2
+
+Multi-GPU::
+
+    torchrun --nproc_per_node=4 recipes/speaker/train.py hparams/wavlm-lora-arcface.yaml \\
+        --data_folder /data/voxceleb2
+
+Methods: WavLM (Chen et al., 2022), LoRA (Hu et al., 2022), ArcFace / additive angular margin
+(Deng et al., 2019), margin warm-up as in WeSpeaker (Wang et al., 2023).
+"""
+
+import sys
+
+import speechbrain as sb
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.distributed import run_on_main
+from speechbrain.utils.logger import get_logger
+
+from sepid.dataio import speaker_train_datasets
+from sepid.distributed import global_mean
+from sepid.models.speaker import log_trainable_parameters, set_classifier_outputs
+
+logger = get_logger(__name__)
+
+
+class SpeakerBrain(sb.Brain):
+    """WavLM + LoRA + ArcFace speaker classifier."""
+
+    def compute_forward(self, batch, stage):
+        batch = batch.to(self.device)
+        wavs, wav_lens = batch.sig
+        if stage == sb.Stage.TRAIN and self.hparams.augment:
+            wavs, wav_lens = self.hparams.wav_augment(wavs, wav_lens)
+        embeddings = self.modules.encoder(wavs, wav_lens)
+        return self.modules.classifier(embeddings.unsqueeze(1))
+
+    def compute_objectives(self, predictions, batch, stage):
+        spk_ids, _ = batch.spk_id_encoded
+        if stage == sb.Stage.TRAIN and self.hparams.augment:
+            spk_ids = self.hparams.wav_augment.replicate_labels(spk_ids)
+        loss = self.hparams.compute_cost(predictions, spk_ids)
+        if stage != sb.Stage.TRAIN:
+            self.error_metrics.append(batch.id, predictions, spk_ids)
+        return loss
+
+    def on_fit_batch_start(self, batch, should_step):
+        self.margin = self.hparams.margin_scheduler(self.hparams.compute_cost, self.optimizer_step)
+
+    def on_fit_batch_end(self, batch, outputs, loss, should_step):
+        if should_step:
+            self.hparams.lr_scheduler(self.optimizer)
+
+    def on_stage_start(self, stage, epoch=None):
+        if stage != sb.Stage.TRAIN:
+            self.error_metrics = self.hparams.error_stats()
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = {"loss": stage_loss}
+            return
+        # Each rank saw its own shard of the validation set: reduce before choosing the best.
+        n_items = len(self.error_metrics.ids)
+        error = global_mean(self.error_metrics.summarize("average"), n_items)
+        stats = {"loss": global_mean(stage_loss, n_items), "error_rate": error}
+        if stage == sb.Stage.VALID:
+            self.hparams.train_logger.log_stats(
+                stats_meta={
+                    "epoch": epoch,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "margin": getattr(self, "margin", 0.0),
+                },
+                train_stats=self.train_stats,
+                valid_stats=stats,
+            )
+            self.checkpointer.save_and_keep_only(
+                meta={"error_rate": error}, min_keys=["error_rate"], num_to_keep=2
+            )
+
+
+if __name__ == "__main__":
+    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    sb.utils.distributed.ddp_init_group(run_opts)
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    run_on_main(hparams["prepare_data"])
+    train_set, valid_set, label_encoder = speaker_train_datasets(hparams)
+    if hparams["n_speakers"] == 0:
+        set_classifier_outputs(hparams["classifier"], len(label_encoder))
+    elif hparams["n_speakers"] != len(label_encoder):
+        raise ValueError(
+            f"n_speakers is {hparams['n_speakers']} in {hparams_file} but the training manifest "
+            f"has {len(label_encoder)} speakers; set n_speakers: 0 to take it from data prep."
+        )
+
+    brain = SpeakerBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    log_trainable_parameters(brain.modules)
+    brain.fit(
+        brain.hparams.epoch_counter,
+        train_set,
+        valid_set,
+        train_loader_kwargs=hparams["train_dataloader_opts"],
+        valid_loader_kwargs=hparams["valid_dataloader_opts"],
+    )

@@ -1,0 +1,28 @@
+"""Cross-rank reductions for metrics under ``torchrun`` DDP.
+
+SpeechBrain hands ``on_stage_end`` each rank's own stage loss and each rank's metric objects saw
+only its shard of the data; these reduce them so every rank logs and checkpoints on the same,
+global numbers. Without DDP they return their input.
+"""
+
+import torch
+from speechbrain.utils.distributed import ddp_all_reduce
+
+
+def global_mean(value, count):
+    """Mean over all ranks of per-rank means ``value`` computed on ``count`` items each."""
+    total = torch.tensor([float(value) * count, float(count)], dtype=torch.float64)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if torch.distributed.get_backend() == "nccl":
+            total = total.cuda()
+    total = ddp_all_reduce(total, torch.distributed.ReduceOp.SUM).cpu()
+    return float(total[0] / total[1].clamp(min=1.0))
+
+
+def gather_objects(obj):
+    """Every rank's ``obj`` in rank order (``[obj]`` without DDP)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [obj]
+    gathered = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered

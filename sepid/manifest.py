@@ -1,0 +1,116 @@
+"""CSV manifests: atomic writes, column checks and idempotent data prep.
+
+Paths inside manifests are written as ``$data_root/<relative path>`` so a manifest moves with the
+data; recipes replace ``$data_root`` through SpeechBrain's ``replacements``.
+"""
+
+import csv
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+DATA_ROOT = "$data_root"
+PREP_OPTIONS_FILE = "prep_options.json"
+
+
+def relative_to_root(path, root):
+    """``$data_root/<path relative to root>`` for a file under ``root``."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    return f"{DATA_ROOT}/{Path(rel).as_posix()}"
+
+
+def write_atomic(path, text):
+    """Writes text to ``path`` through a temporary file and ``os.replace``: readers see the old
+    file or the whole new one, never a half-written one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_csv(path, rows, fieldnames):
+    """Writes a list of dicts as a CSV atomically (header first, columns in ``fieldnames`` order)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fieldnames, extrasaction="raise")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    logger.info("Wrote %d rows to %s", len(rows), path)
+
+
+def read_csv(path, required_columns=()):
+    """Reads a manifest as a list of dicts, checking that ``required_columns`` are present.
+
+    Raises
+    ------
+    FileNotFoundError
+        The manifest does not exist.
+    ValueError
+        A required column is missing, or the file has no header.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Manifest not found: {path}. Run the data prep script that writes it first."
+        )
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames or []
+        missing = [c for c in required_columns if c not in columns]
+        if missing:
+            raise ValueError(
+                f"Manifest {path} lacks column(s) {missing} (it has {columns}). "
+                "Regenerate it with the data prep script of this project."
+            )
+        return list(reader)
+
+
+def check_columns(path, required_columns):
+    """Raises a clear error if the CSV at ``path`` lacks any of ``required_columns``."""
+    read_csv(path, required_columns)
+
+
+def prep_is_done(save_folder, options, outputs):
+    """True when ``save_folder`` holds every file in ``outputs`` and was written with the same
+    ``options`` (a JSON-serialisable dict). Logs why prep is redone otherwise."""
+    save_folder = Path(save_folder)
+    opt_file = save_folder / PREP_OPTIONS_FILE
+    if not opt_file.is_file():
+        return False
+    missing = [o for o in outputs if not (save_folder / o).is_file()]
+    if missing:
+        logger.info("Data prep outputs %s missing in %s: preparing again", missing, save_folder)
+        return False
+    with open(opt_file) as f:
+        saved = json.load(f)
+    if saved != json.loads(json.dumps(options)):
+        logger.info(
+            "Data prep options changed since the last run in %s: preparing again", save_folder
+        )
+        return False
+    logger.info("Data prep already done in %s with the same options: skipping", save_folder)
+    return True
+
+
+def save_prep_options(save_folder, options):
+    """Records the options a prep ran with; written last, so an interrupted prep reruns."""
+    write_atomic(
+        Path(save_folder) / PREP_OPTIONS_FILE, json.dumps(options, indent=2, sort_keys=True)
+    )

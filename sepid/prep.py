@@ -1,0 +1,703 @@
+"""Logic shared by the data prep scripts (``data_prep/voxceleb_prepare.py`` and
+``data_prep/folder_prepare.py``): speaker selection, deterministic splits, trial lists, the
+audio scan with bad-file handling, and writing the manifests.
+
+Outputs (in ``save_folder``)
+----------------------------
+Utterance manifests, CSV columns ``ID, duration, wav, spk_id`` (:data:`UTT_COLUMNS`); ``duration``
+in seconds, ``wav`` as ``$data_root/<path relative to data_folder>``, rows sorted by ``ID``:
+
+- ``train.csv``, ``valid.csv``: speaker-classifier training and validation;
+- ``iden_enrol.csv``, ``iden_test.csv``: closed-set identification enrolment and test;
+- ``veri_utts.csv``: every utterance named in the trial list, once (written with trials only).
+
+``veri_trials.csv`` (columns ``label, enrol, test``, :data:`TRIAL_COLUMNS`): label ``1`` for a
+target (same speaker) trial and ``0`` otherwise; ``enrol`` and ``test`` are utterance IDs of
+``veri_utts.csv``.
+
+``bad_files.txt`` (only when ``skip_bad_files`` left files out): one ``<path><TAB><reason>`` line
+per skipped file or trial line. ``prep_options.json`` is written last: a prep that stopped half
+way reruns, one whose options match is skipped (see :func:`sepid.manifest.prep_is_done`). The
+data folder's content is not part of the options: delete ``prep_options.json`` to force a rerun
+after adding files.
+
+Split rule (:func:`split_speaker_utterances`)
+--------------------------------------------
+For each speaker: sort its utterance IDs, shuffle them with ``random.Random(f"{seed}:{spk}")``;
+the first ``n_iden_test`` go to ``iden_test`` (never used for training); of the rest,
+``valid_ratio`` of them (rounded half up, at least 1 when ``valid_ratio > 0`` and 3 or more
+remain, and never so many that fewer than ``max(n_iden_enrol, 1)`` are left for training) go to
+``valid``, the others to ``train``. ``iden_enrol`` is the first ``n_iden_enrol`` of the train
+portion (identification enrols from training utterances; its test utterances are never trained
+on). A speaker with fewer than ``n_iden_test + max(n_iden_enrol, 1)`` usable utterances goes
+entirely to ``train`` (a warning names it) and takes no part in identification. Each speaker's
+split only depends on its own utterances, the seed and its ID, so adding speakers leaves the
+split of the others unchanged.
+
+Speaker selection (:func:`select_speakers`)
+------------------------------------------
+``"all"``; an int ``N``: the first ``N`` speaker IDs in sorted (string) order, as the reference
+system did with VoxCeleb2's first 100; a list of IDs; or a path to a text file with one ID per
+line (blank lines and ``#`` comments ignored). An unknown ID is an error that names it.
+
+Audio checks (:func:`scan_audio`)
+--------------------------------
+Every file is opened and its last frames decoded (:func:`sepid.audio.probe_audio`). Empty (0
+samples), unreadable or truncated files are an error naming the file, or, with
+``skip_bad_files=True``, are left out and listed in ``bad_files.txt``. Files shorter than
+``min_duration`` seconds are left out of the training and identification manifests and counted
+in the log (not an error). Files that are not 16 kHz mono are kept (recipes downmix and resample
+through :func:`sepid.audio.read_audio`), with a note in the log.
+"""
+
+import collections
+import concurrent.futures
+import hashlib
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sepid.audio import AudioError, probe_audio
+from sepid.manifest import relative_to_root, save_prep_options, write_atomic, write_csv
+
+logger = logging.getLogger(__name__)
+
+UTT_COLUMNS = ["ID", "duration", "wav", "spk_id"]
+TRIAL_COLUMNS = ["label", "enrol", "test"]
+
+TRAIN_CSV = "train.csv"
+VALID_CSV = "valid.csv"
+IDEN_ENROL_CSV = "iden_enrol.csv"
+IDEN_TEST_CSV = "iden_test.csv"
+VERI_TRIALS_CSV = "veri_trials.csv"
+VERI_UTTS_CSV = "veri_utts.csv"
+BAD_FILES_TXT = "bad_files.txt"
+PREP_OPTIONS_JSON = "prep_options.json"
+
+SPLIT_FILES = {
+    "train": TRAIN_CSV,
+    "valid": VALID_CSV,
+    "iden_enrol": IDEN_ENROL_CSV,
+    "iden_test": IDEN_TEST_CSV,
+}
+TRIAL_FILES = {"veri_trials": VERI_TRIALS_CSV, "veri_utts": VERI_UTTS_CSV}
+
+EXPECTED_RATE = 16000
+SCAN_CHUNK = 2000
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One audio file: its manifest ID, absolute path and speaker ID."""
+
+    id: str
+    path: str
+    spk: str
+
+
+@dataclass
+class ScanResult:
+    """What :func:`scan_audio` found.
+
+    Attributes
+    ----------
+    durations : dict
+        ID -> duration in seconds, for every readable, non-empty file.
+    short : set
+        IDs of readable files shorter than ``min_duration``.
+    bad : list
+        ``(path, reason)`` of the files left out (only with ``skip_bad_files``).
+    """
+
+    durations: dict = field(default_factory=dict)
+    short: set = field(default_factory=set)
+    bad: list = field(default_factory=list)
+
+    def usable(self, utt_id):
+        """True for a readable file at least ``min_duration`` long."""
+        return utt_id in self.durations and utt_id not in self.short
+
+
+# --------------------------------------------------------------------------- options and outputs
+
+
+def output_files(with_trials):
+    """Names of the files a prep writes (``prep_options.json`` excluded)."""
+    names = list(SPLIT_FILES.values())
+    if with_trials:
+        names += list(TRIAL_FILES.values())
+    return names
+
+
+def output_paths(save_folder, with_trials):
+    """Dict of output paths returned by the prepare functions.
+
+    Keys: ``train, valid, iden_enrol, iden_test``, ``veri_trials, veri_utts`` (with trials),
+    ``prep_options`` and ``bad_files`` (only when that file exists).
+    """
+    save_folder = Path(save_folder)
+    files = dict(SPLIT_FILES)
+    if with_trials:
+        files.update(TRIAL_FILES)
+    files["prep_options"] = PREP_OPTIONS_JSON
+    paths = {key: str(save_folder / name) for key, name in files.items()}
+    if (save_folder / BAD_FILES_TXT).is_file():
+        paths["bad_files"] = str(save_folder / BAD_FILES_TXT)
+    return paths
+
+
+def file_fingerprint(path):
+    """SHA-1 of a file's content, so a changed trial or speaker list reruns the prep."""
+    sha = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def speakers_option(speakers):
+    """JSON form of a ``speakers`` argument for ``prep_options.json`` (a file is recorded with
+    its absolute path and content hash)."""
+    if speakers is None or isinstance(speakers, int | list | tuple) or speakers == "all":
+        return list(speakers) if isinstance(speakers, tuple) else speakers
+    path = Path(speakers)
+    if path.is_file():
+        return {"file": str(path.resolve()), "sha1": file_fingerprint(path)}
+    return str(speakers)
+
+
+def parse_speakers_arg(value):
+    """Parses a ``--speakers`` command-line value.
+
+    ``all``; digits: the first N speakers; an existing file: one ID per line; otherwise a comma
+    separated list of IDs (write ``1688,`` to select the single speaker with numeric ID 1688);
+    ``none`` (case-insensitive) gives ``None``.
+    """
+    value = value.strip()
+    if value.lower() == "none":
+        return None
+    if value == "all":
+        return "all"
+    if value.isdigit():
+        return int(value)
+    if os.path.isfile(value):
+        return value
+    ids = [v.strip() for v in value.split(",") if v.strip()]
+    if not ids:
+        raise ValueError(f"Empty speaker list {value!r}: give all, N, id1,id2 or a file path.")
+    return ids
+
+
+# --------------------------------------------------------------------------- speaker selection
+
+
+def load_speaker_file(path):
+    """Speaker IDs of a text file, one per line (blank lines and ``#`` comments ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Speaker list file not found: {path}.")
+    ids = []
+    with open(path) as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if line:
+                ids.append(line)
+    if not ids:
+        raise ValueError(f"Speaker list file {path} names no speaker (one ID per line).")
+    return ids
+
+
+def select_speakers(available, speakers, source="the data folder"):
+    """Sorted speaker IDs chosen from ``available`` (see the module docstring).
+
+    Arguments
+    ---------
+    available : iterable of str
+        Speaker IDs found in the data.
+    speakers : str, int, list or path
+        ``"all"``, an int N (first N in sorted order), a list of IDs or a speaker list file.
+    source : str
+        Where the speakers were found, for error messages.
+
+    Returns
+    -------
+    list of str
+        Sorted, unique speaker IDs.
+    """
+    available = sorted(set(available))
+    if speakers is None or isinstance(speakers, bool):
+        raise TypeError(f"speakers={speakers!r}: give 'all', an int, a list of IDs or a file.")
+    if speakers == "all":
+        return available
+    if isinstance(speakers, int):
+        if speakers <= 0:
+            raise ValueError(f"speakers={speakers}: the number of speakers must be positive.")
+        if speakers > len(available):
+            raise ValueError(
+                f"speakers={speakers} asks for the first {speakers} speakers, but only "
+                f"{len(available)} are available in {source}. Use speakers='all' or fewer."
+            )
+        return available[:speakers]
+    if isinstance(speakers, str | os.PathLike):
+        text = str(speakers)
+        if os.path.isfile(text):
+            wanted = load_speaker_file(text)
+            source_list = f"speaker list file {text}"
+        elif "," in text:
+            wanted = [s.strip() for s in text.split(",") if s.strip()]
+            source_list = "the speakers argument"
+        elif os.sep in text or text.endswith((".txt", ".lst", ".list")):
+            raise FileNotFoundError(f"Speaker list file not found: {text}.")
+        else:
+            wanted = [text]
+            source_list = "the speakers argument"
+    else:
+        wanted = [str(s) for s in speakers]
+        source_list = "the speakers argument"
+    if not wanted:
+        raise ValueError("Empty speaker list: give 'all', an int, a list of IDs or a file.")
+    known = set(available)
+    unknown = [s for s in dict.fromkeys(wanted) if s not in known]
+    if unknown:
+        raise ValueError(
+            f"Unknown speaker ID(s) in {source_list}: {unknown[:10]}"
+            f"{f' and {len(unknown) - 10} more' if len(unknown) > 10 else ''}; they are not "
+            f"in {source} ({len(available)} speakers, e.g. {available[:5]})."
+        )
+    return sorted(set(wanted))
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def _round_half_up(x):
+    return int(math.floor(x + 0.5))
+
+
+def split_speaker_utterances(
+    utts_by_spk, n_iden_enrol=3, n_iden_test=2, valid_ratio=0.1, seed=1234
+):
+    """Splits each speaker's utterances into train / valid / identification sets.
+
+    Arguments
+    ---------
+    utts_by_spk : dict
+        Speaker ID -> list of utterance IDs.
+    n_iden_enrol, n_iden_test : int
+        Identification enrolment (taken from train) and test utterances per speaker.
+    valid_ratio : float
+        Fraction of the non-test utterances of each speaker used for validation.
+    seed : int
+        Seed of the per-speaker shuffles.
+
+    Returns
+    -------
+    dict
+        ``{"train", "valid", "iden_enrol", "iden_test"}`` -> sorted lists of utterance IDs.
+    """
+    if n_iden_enrol < 0 or n_iden_test < 0:
+        raise ValueError(f"n_iden_enrol={n_iden_enrol}, n_iden_test={n_iden_test}: must be >= 0.")
+    if not 0 <= valid_ratio < 1:
+        raise ValueError(f"valid_ratio={valid_ratio} must be in [0, 1).")
+    min_train = max(n_iden_enrol, 1)
+    needed = n_iden_test + min_train
+    splits = {"train": [], "valid": [], "iden_enrol": [], "iden_test": []}
+    too_few = []
+    for spk in sorted(utts_by_spk):
+        ids = sorted(utts_by_spk[spk])
+        if not ids:
+            continue
+        random.Random(f"{seed}:{spk}").shuffle(ids)
+        if len(ids) < needed:
+            too_few.append((spk, len(ids)))
+            splits["train"] += ids
+            continue
+        test, rest = ids[:n_iden_test], ids[n_iden_test:]
+        n_valid = _round_half_up(valid_ratio * len(rest))
+        if valid_ratio > 0 and len(rest) >= 3:
+            n_valid = max(1, n_valid)
+        n_valid = max(0, min(n_valid, len(rest) - min_train))
+        valid, train = rest[:n_valid], rest[n_valid:]
+        splits["iden_test"] += test
+        splits["valid"] += valid
+        splits["train"] += train
+        splits["iden_enrol"] += train[:n_iden_enrol]
+    if too_few:
+        logger.warning(
+            "%d speaker(s) have fewer than %d usable utterances (n_iden_test=%d + "
+            "max(n_iden_enrol, 1)=%d); they go entirely to train and take no part in "
+            "identification or validation: %s%s",
+            len(too_few),
+            needed,
+            n_iden_test,
+            min_train,
+            ", ".join(f"{s} ({n})" for s, n in too_few[:10]),
+            " ..." if len(too_few) > 10 else "",
+        )
+    return {key: sorted(ids) for key, ids in splits.items()}
+
+
+# --------------------------------------------------------------------------- audio scan
+
+
+def _probe(utt):
+    try:
+        frames, rate, channels = probe_audio(utt.path)
+    except (AudioError, FileNotFoundError) as err:
+        return utt, None, err
+    if frames == 0:
+        return (
+            utt,
+            None,
+            AudioError(
+                f"Audio file {utt.path} is empty (0 samples). Delete it, or run data prep with "
+                "skip_bad_files=True (--skip_bad_files) to leave it out."
+            ),
+        )
+    return utt, (frames, rate, channels), None
+
+
+def scan_audio(utterances, min_duration=1.0, skip_bad_files=False, num_workers=4):
+    """Opens every file, measures its duration and sorts out bad and short ones.
+
+    Arguments
+    ---------
+    utterances : iterable of Utterance
+        Files to check.
+    min_duration : float
+        Files shorter than this (seconds) are reported in ``ScanResult.short``.
+    skip_bad_files : bool
+        Leave unreadable or empty files out (listed in ``ScanResult.bad``) instead of raising.
+    num_workers : int
+        Threads opening files (libsndfile releases the GIL).
+
+    Returns
+    -------
+    ScanResult
+
+    Raises
+    ------
+    AudioError, FileNotFoundError
+        A bad file when ``skip_bad_files`` is False; the message names it and the fix.
+    """
+    utterances = sorted(utterances, key=lambda u: u.id)
+    result = ScanResult()
+    rates = collections.Counter()
+    multichannel = 0
+    workers = max(1, min(num_workers, os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        for start in range(0, len(utterances), SCAN_CHUNK):
+            chunk = utterances[start : start + SCAN_CHUNK]
+            for utt, info, err in pool.map(_probe, chunk):
+                if err is not None:
+                    if not skip_bad_files:
+                        raise err
+                    logger.warning("Skipping bad file: %s", err)
+                    result.bad.append((utt.path, str(err).splitlines()[0]))
+                    continue
+                frames, rate, channels = info
+                rates[rate] += 1
+                multichannel += channels > 1
+                duration = frames / rate
+                result.durations[utt.id] = round(duration, 4)
+                if duration < min_duration:
+                    result.short.add(utt.id)
+            done = start + len(chunk)
+            if len(utterances) > 20000 and (done // SCAN_CHUNK) % 10 == 0:
+                logger.info("Scanned %d / %d audio files", done, len(utterances))
+    logger.info("Scanned %d audio files", len(utterances))
+    if result.short:
+        logger.warning(
+            "%d file(s) shorter than min_duration=%.2f s left out of train/valid/"
+            "identification (e.g. %s)",
+            len(result.short),
+            min_duration,
+            sorted(result.short)[:3],
+        )
+    other_rates = {r: n for r, n in rates.items() if r != EXPECTED_RATE}
+    if other_rates:
+        logger.info(
+            "%d file(s) are not %d Hz (rates: %s); recipes resample them on the fly "
+            "(sepid.audio.read_audio), or convert the data once to save time.",
+            sum(other_rates.values()),
+            EXPECTED_RATE,
+            dict(sorted(other_rates.items())),
+        )
+    if multichannel:
+        logger.info("%d file(s) have several channels; recipes downmix them.", multichannel)
+    return result
+
+
+# --------------------------------------------------------------------------- trials
+
+
+def read_trial_file(trial_file, resolve, skip_bad_files=False, search_root=None):
+    """Reads a verification list in the standard ``label enrol_path test_path`` format.
+
+    Arguments
+    ---------
+    trial_file : str or Path
+        The list, one trial per line (e.g. VoxCeleb1's ``veri_test2.txt``).
+    resolve : callable
+        ``resolve(path_in_list) -> Utterance or None`` (None: no such file).
+    skip_bad_files : bool
+        Skip trials naming a missing file (listed in the returned ``bad``) instead of raising.
+    search_root : str, optional
+        Where files were looked for, for error messages.
+
+    Returns
+    -------
+    trials : list of tuple
+        ``(label, enrol Utterance, test Utterance)``, in file order.
+    bad : list of tuple
+        ``(description, reason)`` of skipped trials.
+    """
+    trial_file = Path(trial_file)
+    if not trial_file.is_file():
+        raise FileNotFoundError(f"Verification trial file not found: {trial_file}.")
+    trials, bad = [], []
+    where = f" under {search_root}" if search_root else ""
+    with open(trial_file) as f:
+        for line_no, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 3 or fields[0] not in ("0", "1"):
+                raise ValueError(
+                    f"{trial_file}, line {line_no}: expected 'label enrol_path test_path' with "
+                    f"label 0 or 1, got {line.strip()!r}."
+                )
+            utts = []
+            for rel in fields[1:]:
+                utt = resolve(rel)
+                if utt is None:
+                    if not skip_bad_files:
+                        raise FileNotFoundError(
+                            f"Trial file {trial_file}, line {line_no}: audio file {rel} not "
+                            f"found{where}. Check that the data folder matches the trial list, "
+                            "or run with skip_bad_files=True (--skip_bad_files) to skip such "
+                            "trials."
+                        )
+                    bad.append((f"{trial_file}:{line_no}: {rel}", "trial names a missing file"))
+                    break
+                utts.append(utt)
+            if len(utts) == 2:
+                trials.append((int(fields[0]), utts[0], utts[1]))
+    if bad:
+        logger.warning("Skipped %d trial(s) of %s naming missing files", len(bad), trial_file)
+    if not trials:
+        raise ValueError(f"Trial file {trial_file} holds no usable trial.")
+    return trials, bad
+
+
+def _sample_excluding(rng, total, block_start, block_end, k):
+    """``k`` distinct indices of ``range(total)`` outside ``[block_start, block_end)``."""
+    width = block_end - block_start
+    picks = rng.sample(range(total - width), min(k, total - width))
+    return [i if i < block_start else i + width for i in picks]
+
+
+def generate_trials(utts_by_spk, trials_per_utterance=5, n_trials=None, seed=1234):
+    """Generates a balanced verification trial list.
+
+    Design: every utterance is, as enrolment, paired with up to ``trials_per_utterance`` other
+    utterances of its speaker (target trials) and ``trials_per_utterance`` utterances of other
+    speakers (non-target trials), drawn with ``random.Random(f"{seed}:trials")``. Trials are
+    unordered pairs: ``(a, b)`` and ``(b, a)`` count once, and no utterance is paired with
+    itself. The larger class is then randomly subsampled so that both classes have the same
+    size, and ``n_trials`` (if given) caps the total at ``n_trials // 2`` per class.
+
+    Arguments
+    ---------
+    utts_by_spk : dict
+        Speaker ID -> utterance IDs (at least 2 speakers).
+    trials_per_utterance : int
+        Target and non-target partners drawn per utterance.
+    n_trials : int, optional
+        Upper bound of the number of trials.
+    seed : int
+        Seed of the draw.
+
+    Returns
+    -------
+    list of tuple
+        ``(label, enrol_id, test_id)`` sorted by enrol then test.
+    """
+    if trials_per_utterance < 1:
+        raise ValueError(f"trials_per_utterance={trials_per_utterance} must be >= 1.")
+    spks = sorted(s for s, ids in utts_by_spk.items() if ids)
+    if len(spks) < 2:
+        raise ValueError(
+            f"Verification trials need at least 2 speakers with usable utterances, got "
+            f"{len(spks)} ({spks}). Add speakers, lower min_duration, or disable trials."
+        )
+    rng = random.Random(f"{seed}:trials")
+    flat, blocks = [], {}
+    for spk in spks:
+        ids = sorted(set(utts_by_spk[spk]))
+        blocks[spk] = (len(flat), len(flat) + len(ids))
+        flat += ids
+    k = trials_per_utterance
+    seen = set()
+    targets, nontargets = [], []
+    for spk in spks:
+        start, end = blocks[spk]
+        for pos in range(start, end):
+            partners = [
+                start + i
+                for i in _sample_excluding(rng, end - start, pos - start, pos - start + 1, k)
+            ]
+            for p in partners:
+                key = (min(pos, p), max(pos, p))
+                if key not in seen:
+                    seen.add(key)
+                    targets.append((1, flat[pos], flat[p]))
+            for p in _sample_excluding(rng, len(flat), start, end, k):
+                key = (min(pos, p), max(pos, p))
+                if key not in seen:
+                    seen.add(key)
+                    nontargets.append((0, flat[pos], flat[p]))
+    n_each = min(len(targets), len(nontargets))
+    if n_trials is not None:
+        if n_trials // 2 > n_each:
+            logger.warning(
+                "n_trials=%d asked, but only %d balanced trials are available with "
+                "trials_per_utterance=%d; raise trials_per_utterance for more.",
+                n_trials,
+                2 * n_each,
+                k,
+            )
+        n_each = min(n_each, n_trials // 2)
+    if n_each == 0:
+        raise ValueError(
+            "No balanced verification trial can be drawn: every trial speaker has a single "
+            "usable utterance (no target trial) or n_trials < 2. Use speakers with 2 or more "
+            "utterances, or disable trials."
+        )
+    if len(targets) > n_each:
+        targets = rng.sample(targets, n_each)
+    if len(nontargets) > n_each:
+        nontargets = rng.sample(nontargets, n_each)
+    trials = sorted(targets + nontargets, key=lambda t: (t[1], t[2]))
+    logger.info(
+        "Generated %d verification trials (%d target, %d non-target) over %d speakers",
+        len(trials),
+        n_each,
+        n_each,
+        len(spks),
+    )
+    return trials
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def utterance_rows(ids, utterances, durations, data_folder):
+    """Manifest rows (:data:`UTT_COLUMNS`) of ``ids``, sorted by ID."""
+    rows = []
+    for utt_id in sorted(ids):
+        utt = utterances[utt_id]
+        rows.append(
+            {
+                "ID": utt_id,
+                "duration": durations[utt_id],
+                "wav": relative_to_root(utt.path, data_folder),
+                "spk_id": utt.spk,
+            }
+        )
+    return rows
+
+
+def write_bad_files(save_folder, bad):
+    """Writes ``bad_files.txt`` (``path<TAB>reason`` lines), or removes a stale one."""
+    path = Path(save_folder) / BAD_FILES_TXT
+    if bad:
+        write_atomic(path, "".join(f"{p}\t{reason}\n" for p, reason in bad))
+        logger.warning("%d bad file(s) or trial(s) skipped, listed in %s", len(bad), path)
+    elif path.is_file():
+        path.unlink()
+
+
+def build_manifests(
+    save_folder,
+    data_folder,
+    utterances,
+    train_speakers,
+    options,
+    n_iden_enrol=3,
+    n_iden_test=2,
+    valid_ratio=0.1,
+    min_duration=1.0,
+    skip_bad_files=False,
+    seed=1234,
+    make_trials=None,
+    bad=(),
+):
+    """Scans the audio, splits, writes every manifest, then ``prep_options.json``.
+
+    Arguments
+    ---------
+    save_folder, data_folder : str or Path
+        Output folder; root the ``$data_root`` paths are relative to.
+    utterances : dict
+        ID -> :class:`Utterance`, every file to scan (training speakers and trial files).
+    train_speakers : iterable of str
+        Speakers of train / valid / identification.
+    options : dict
+        Recorded in ``prep_options.json`` for :func:`sepid.manifest.prep_is_done`.
+    n_iden_enrol, n_iden_test, valid_ratio, seed :
+        See :func:`split_speaker_utterances`.
+    min_duration, skip_bad_files :
+        See :func:`scan_audio`.
+    make_trials : callable, optional
+        ``make_trials(scan: ScanResult) -> list of (label, enrol_id, test_id)``; None: no trials.
+    bad : list
+        ``(path, reason)`` already found by the caller (missing trial files, failed conversions).
+
+    Returns
+    -------
+    dict
+        Output paths, see :func:`output_paths`.
+    """
+    save_folder = Path(save_folder)
+    scan = scan_audio(utterances.values(), min_duration, skip_bad_files)
+    train_speakers = set(train_speakers)
+    by_spk = collections.defaultdict(list)
+    for utt_id, utt in utterances.items():
+        if utt.spk in train_speakers and scan.usable(utt_id):
+            by_spk[utt.spk].append(utt_id)
+    empty = sorted(train_speakers - set(by_spk))
+    if empty:
+        logger.warning(
+            "%d selected speaker(s) have no usable utterance and are left out: %s",
+            len(empty),
+            empty[:10],
+        )
+    if not by_spk:
+        raise ValueError(
+            f"No usable training utterance in {data_folder} (all files bad or shorter than "
+            f"min_duration={min_duration} s)."
+        )
+    splits = split_speaker_utterances(by_spk, n_iden_enrol, n_iden_test, valid_ratio, seed)
+    save_folder.mkdir(parents=True, exist_ok=True)
+    for key, name in SPLIT_FILES.items():
+        rows = utterance_rows(splits[key], utterances, scan.durations, data_folder)
+        write_csv(save_folder / name, rows, UTT_COLUMNS)
+    logger.info(
+        "Split %d speakers: %s",
+        len(by_spk),
+        ", ".join(f"{k}={len(v)}" for k, v in splits.items()),
+    )
+    if make_trials is not None:
+        trials = make_trials(scan)
+        trial_rows = [{"label": lab, "enrol": e, "test": t} for lab, e, t in trials]
+        veri_ids = {e for _, e, _ in trials} | {t for _, _, t in trials}
+        rows = utterance_rows(veri_ids, utterances, scan.durations, data_folder)
+        write_csv(save_folder / VERI_TRIALS_CSV, trial_rows, TRIAL_COLUMNS)
+        write_csv(save_folder / VERI_UTTS_CSV, rows, UTT_COLUMNS)
+    write_bad_files(save_folder, list(bad) + scan.bad)
+    save_prep_options(save_folder, options)
+    return output_paths(save_folder, make_trials is not None)

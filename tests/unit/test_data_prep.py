@@ -1,0 +1,568 @@
+"""Tests of the data prep scripts (VoxCeleb layout, generic folders) and sepid.prep."""
+
+import csv
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from data_prep import voxceleb_prepare
+from data_prep.folder_prepare import prepare_folder
+from data_prep.voxceleb_prepare import main as voxceleb_main
+from data_prep.voxceleb_prepare import prepare_voxceleb
+from sepid.manifest import read_csv, write_csv
+from sepid.prep import (
+    TRIAL_COLUMNS,
+    UTT_COLUMNS,
+    generate_trials,
+    select_speakers,
+    split_speaker_utterances,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+LIBRI = REPO / "tests/samples/librispeech-mini/test-other"
+SHARED_FLAT = Path("/work/shared/data/librispeech-mini/train-clean-100")
+SPLIT_CSVS = ["train.csv", "valid.csv", "iden_enrol.csv", "iden_test.csv"]
+VOX_SPEAKERS = ["id10001", "id10002", "id10003", "id10004"]
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def clips():
+    """Eight 1.5 s clips cut from the LibriSpeech sample."""
+    files = sorted(LIBRI.glob("*/*.flac"))[::12][:8]
+    return [sf.read(f, dtype="float32")[0][: int(1.5 * RATE)] for f in files]
+
+
+def make_vox(root, clips, speakers=VOX_SPEAKERS, videos=2, utts=4, sub="wav", ext=".wav"):
+    """Fake VoxCeleb tree ``root/sub/<spk>/vid<v>/<000u>.wav``; returns the speaker root."""
+    spk_root = root / sub if sub else root
+    k = 0
+    for spk in speakers:
+        for v in range(videos):
+            folder = spk_root / spk / f"vid{v}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for u in range(1, utts + 1):
+                sf.write(folder / f"{u:05d}{ext}", clips[k % len(clips)], RATE, format="WAV")
+                k += 1
+    return spk_root
+
+
+def write_trials(path, lines):
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return path
+
+
+VOX_TRIALS = [
+    "1 id10003/vid0/00001.wav id10003/vid1/00002.wav",
+    "0 id10003/vid0/00001.wav id10004/vid0/00003.wav",
+    "1 id10004/vid1/00004.wav id10004/vid0/00001.wav",
+    "0 id10004/vid1/00004.wav id10003/vid1/00003.wav",
+]
+
+
+@pytest.fixture
+def vox(tmp_path, clips):
+    data = tmp_path / "vox1"
+    make_vox(data, clips)
+    trials = write_trials(tmp_path / "veri_test2.txt", VOX_TRIALS)
+    return data, trials
+
+
+def resolve(wav, data_folder):
+    assert wav.startswith("$data_root/")
+    return Path(wav.replace("$data_root", str(data_folder), 1))
+
+
+def read_all(save_folder):
+    return {name: Path(save_folder, name).read_text() for name in sorted(os.listdir(save_folder))}
+
+
+def ids(save_folder, name):
+    return [row["ID"] for row in read_csv(Path(save_folder) / name, UTT_COLUMNS)]
+
+
+# ---------------------------------------------------------------------------------- VoxCeleb
+
+
+def test_voxceleb_manifests(vox, tmp_path):
+    data, trials = vox
+    out = prepare_voxceleb(data, tmp_path / "save", verification_file=trials)
+    assert set(out) == set(SPLIT_CSVS_KEYS) | {"veri_trials", "veri_utts", "prep_options"}
+    for key in ["train", "valid", "iden_enrol", "iden_test", "veri_utts"]:
+        with open(out[key]) as f:
+            assert next(csv.reader(f)) == UTT_COLUMNS
+        for row in read_csv(out[key]):
+            assert resolve(row["wav"], data).is_file()
+            assert row["wav"].startswith("$data_root/wav/")
+            spk, video, stem = row["ID"].split("--")
+            assert row["spk_id"] == spk
+            assert row["wav"].endswith(f"{spk}/{video}/{stem}.wav")
+            assert abs(float(row["duration"]) - 1.5) < 1e-3
+    trial_rows = read_csv(out["veri_trials"], TRIAL_COLUMNS)
+    assert [(r["label"], r["enrol"], r["test"]) for r in trial_rows][:2] == [
+        ("1", "id10003--vid0--00001", "id10003--vid1--00002"),
+        ("0", "id10003--vid0--00001", "id10004--vid0--00003"),
+    ]
+    veri = ids(tmp_path / "save", "veri_utts.csv")
+    assert len(veri) == len(set(veri)) == 6
+    assert {r["enrol"] for r in trial_rows} | {r["test"] for r in trial_rows} == set(veri)
+    all_ids = [
+        i
+        for name in ["train.csv", "valid.csv", "iden_test.csv"]
+        for i in ids(tmp_path / "save", name)
+    ]
+    assert len(all_ids) == len(set(all_ids)) == 32
+    assert not (tmp_path / "save" / "bad_files.txt").exists()
+
+
+SPLIT_CSVS_KEYS = ["train", "valid", "iden_enrol", "iden_test"]
+
+
+def test_voxceleb_splits(vox, tmp_path):
+    data, trials = vox
+    a = tmp_path / "a"
+    prepare_voxceleb(data, a, verification_file=trials)
+    train, valid = set(ids(a, "train.csv")), set(ids(a, "valid.csv"))
+    enrol, test = set(ids(a, "iden_enrol.csv")), set(ids(a, "iden_test.csv"))
+    assert not test & (train | valid) and not train & valid
+    assert enrol <= train
+    for spk in VOX_SPEAKERS:  # 8 utts: 2 test, round(0.1 * 6) = 1 valid, 5 train, 3 enrol
+        assert sum(i.startswith(spk) for i in test) == 2
+        assert sum(i.startswith(spk) for i in valid) == 1
+        assert sum(i.startswith(spk) for i in enrol) == 3
+    # deterministic: same options elsewhere -> identical files; another seed -> other split
+    b = tmp_path / "b"
+    prepare_voxceleb(data, b, verification_file=trials)
+    assert {k: v for k, v in read_all(a).items() if k != "prep_options.json"} == {
+        k: v for k, v in read_all(b).items() if k != "prep_options.json"
+    }
+    c = tmp_path / "c"
+    prepare_voxceleb(data, c, verification_file=trials, seed=99)
+    assert read_all(a)["iden_test.csv"] != read_all(c)["iden_test.csv"]
+
+
+def test_voxceleb_speaker_selection(vox, tmp_path):
+    data, _ = vox
+
+    def spks(save):
+        return sorted({r["spk_id"] for r in read_csv(Path(save) / "train.csv")})
+
+    prepare_voxceleb(data, tmp_path / "n", speakers=2)
+    assert spks(tmp_path / "n") == ["id10001", "id10002"]
+    prepare_voxceleb(data, tmp_path / "l", speakers=["id10004", "id10002"])
+    assert spks(tmp_path / "l") == ["id10002", "id10004"]
+    spk_file = tmp_path / "spk.txt"
+    spk_file.write_text("# chosen\nid10003\n\nid10001\n")
+    prepare_voxceleb(data, tmp_path / "f", speakers=str(spk_file))
+    assert spks(tmp_path / "f") == ["id10001", "id10003"]
+    with pytest.raises(ValueError, match="id99999"):
+        prepare_voxceleb(data, tmp_path / "u", speakers=["id10001", "id99999"])
+    with pytest.raises(ValueError, match="only 4"):
+        prepare_voxceleb(data, tmp_path / "big", speakers=10)
+
+
+def test_voxceleb_exclude_verification_speakers(vox, tmp_path):
+    data, trials = vox
+    out = prepare_voxceleb(
+        data, tmp_path / "s", verification_file=trials, exclude_verification_speakers=True
+    )
+    assert {r["spk_id"] for r in read_csv(out["train"])} == {"id10001", "id10002"}
+    assert len(read_csv(out["veri_trials"])) == 4
+    out = prepare_voxceleb(
+        data,
+        tmp_path / "n",
+        speakers=1,
+        verification_file=trials,
+        exclude_verification_speakers=True,
+    )
+    assert {r["spk_id"] for r in read_csv(out["train"])} == {"id10001"}
+
+
+def test_voxceleb_idempotent(vox, tmp_path, caplog):
+    data, trials = vox
+    save = tmp_path / "save"
+    prepare_voxceleb(data, save, verification_file=trials)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in save.iterdir()}
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        prepare_voxceleb(data, save, verification_file=trials)
+    assert "already done" in caplog.text
+    assert {p.name: p.stat().st_mtime_ns for p in save.iterdir()} == mtimes
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        prepare_voxceleb(data, save, verification_file=trials, seed=7)
+    assert "options changed" in caplog.text
+    assert (save / "train.csv").stat().st_mtime_ns != mtimes["train.csv"]
+    # a removed output or a changed trial list also reruns
+    (save / "valid.csv").unlink()
+    prepare_voxceleb(data, save, verification_file=trials, seed=7)
+    assert (save / "valid.csv").is_file()
+    write_trials(trials, VOX_TRIALS[:2])
+    prepare_voxceleb(data, save, verification_file=trials, seed=7)
+    assert len(read_csv(save / "veri_trials.csv")) == 2
+    assert not [p for p in save.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_write_csv_is_atomic(tmp_path):
+    path = tmp_path / "m.csv"
+    write_csv(path, [{"ID": "a", "duration": 1.0, "wav": "x", "spk_id": "s"}], UTT_COLUMNS)
+    before = path.read_text()
+    with pytest.raises(ValueError):
+        write_csv(path, [{"ID": "b", "bogus": 1}], UTT_COLUMNS)
+    assert path.read_text() == before
+    assert os.listdir(tmp_path) == ["m.csv"]
+
+
+def test_voxceleb_cli(vox, tmp_path):
+    data, trials = vox
+    save = tmp_path / "cli"
+    voxceleb_main(
+        ["--data_folder", str(data), "--save_folder", str(save), "--speakers", "id10001,id10003"]
+        + ["--verification_file", str(trials), "--n_iden_test", "1", "--valid_ratio", "0"]
+    )
+    assert {r["spk_id"] for r in read_csv(save / "train.csv")} == {"id10001", "id10003"}
+    assert len(ids(save, "valid.csv")) == 0 and len(ids(save, "iden_test.csv")) == 2
+    # also runs as a script from the repo root
+    save2 = tmp_path / "script"
+    proc = subprocess.run(
+        [sys.executable, "data_prep/voxceleb_prepare.py", "--data_folder", str(data)]
+        + ["--save_folder", str(save2), "--speakers", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert {r["spk_id"] for r in read_csv(save2 / "train.csv")} == {"id10001", "id10002"}
+
+
+def test_voxceleb_root_detection(tmp_path, clips):
+    make_vox(tmp_path / "flat", clips, speakers=["id00012"], sub="")
+    out = prepare_voxceleb(tmp_path / "flat", tmp_path / "s1", n_iden_test=0, valid_ratio=0)
+    assert read_csv(out["train"])[0]["wav"].startswith("$data_root/id00012/vid0/")
+    make_vox(tmp_path / "vox2", clips, speakers=["id00012"], sub="dev/aac", ext=".flac")
+    out = prepare_voxceleb(tmp_path / "vox2", tmp_path / "s2", n_iden_test=0, valid_ratio=0)
+    assert read_csv(out["train"])[0]["wav"].startswith("$data_root/dev/aac/id00012/vid0/")
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+
+def test_missing_and_empty_data_folder(tmp_path):
+    missing = tmp_path / "missing_data"
+    with pytest.raises(FileNotFoundError, match="missing_data"):
+        prepare_voxceleb(missing, tmp_path / "s")
+    with pytest.raises(FileNotFoundError, match="missing_data"):
+        prepare_folder(missing, tmp_path / "s")
+    empty = tmp_path / "empty_data"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="empty_data"):
+        prepare_voxceleb(empty, tmp_path / "s")
+    with pytest.raises(ValueError, match="empty_data"):
+        prepare_folder(empty, tmp_path / "s")
+    (empty / "id10001" / "vid").mkdir(parents=True)
+    with pytest.raises(ValueError, match="No audio file.*empty_data"):
+        prepare_voxceleb(empty, tmp_path / "s")
+
+
+def _break(path, kind):
+    if kind == "empty":
+        sf.write(path, np.zeros(0, dtype=np.float32), RATE)
+    elif kind == "garbage":
+        path.write_bytes(b"\x00garbage" * 100)
+    elif kind == "truncated":
+        flac = sorted(LIBRI.glob("*/*.flac"))[0].read_bytes()
+        path.unlink()
+        path = path.with_suffix(".flac")
+        path.write_bytes(flac[: len(flac) // 3])
+    return path
+
+
+@pytest.mark.parametrize("kind", ["empty", "garbage", "truncated"])
+def test_bad_audio_file(vox, tmp_path, kind):
+    data, trials = vox
+    bad = _break(data / "wav/id10002/vid1/00003.wav", kind)
+    with pytest.raises(ValueError, match=str(bad)):  # AudioError is a ValueError
+        prepare_voxceleb(data, tmp_path / "s", verification_file=trials)
+    assert not (tmp_path / "s" / "prep_options.json").exists()
+    out = prepare_voxceleb(data, tmp_path / "s", verification_file=trials, skip_bad_files=True)
+    assert str(bad) in Path(out["bad_files"]).read_text()
+    everything = [i for n in SPLIT_CSVS for i in ids(tmp_path / "s", n)]
+    assert "id10002--vid1--00003" not in everything
+    assert len(set(everything)) == 31
+
+
+def test_bad_file_in_folder_prep(tmp_path, clips):
+    data = tmp_path / "spk"
+    for spk in ["a", "b"]:
+        (data / spk).mkdir(parents=True)
+        for u in range(6):
+            sf.write(data / spk / f"{u}.wav", clips[u], RATE)
+    bad = _break(data / "b" / "2.wav", "garbage")
+    with pytest.raises(ValueError, match=str(bad)):
+        prepare_folder(data, tmp_path / "s")
+    out = prepare_folder(data, tmp_path / "s", skip_bad_files=True)
+    assert str(bad) in Path(out["bad_files"]).read_text()
+    assert "b--2" not in {r["ID"] for r in read_csv(out["veri_utts"])}
+    # fixed data: the stale bad_files.txt goes away
+    bad.unlink()
+    out = prepare_folder(data, tmp_path / "s")
+    assert "bad_files" not in out and not (tmp_path / "s" / "bad_files.txt").exists()
+
+
+def test_too_short_file_is_excluded(vox, tmp_path, caplog, clips):
+    data, _ = vox
+    short = data / "wav/id10001/vid0/00002.wav"
+    sf.write(short, clips[0][:8000], RATE)
+    with caplog.at_level(logging.WARNING):
+        out = prepare_voxceleb(data, tmp_path / "s", min_duration=1.0)
+    assert "1 file(s) shorter than min_duration" in caplog.text
+    everything = [i for n in SPLIT_CSVS for i in ids(tmp_path / "s", n)]
+    assert "id10001--vid0--00002" not in everything
+    assert "bad_files" not in out
+
+
+def test_trial_naming_missing_file(vox, tmp_path):
+    data, trials = vox
+    write_trials(trials, VOX_TRIALS + ["1 id10001/vid0/00001.wav id10001/vid9/00042.wav"])
+    with pytest.raises(FileNotFoundError) as err:
+        prepare_voxceleb(data, tmp_path / "s", verification_file=trials)
+    assert str(trials) in str(err.value)
+    assert "line 5" in str(err.value) and "id10001/vid9/00042.wav" in str(err.value)
+    out = prepare_voxceleb(data, tmp_path / "s", verification_file=trials, skip_bad_files=True)
+    assert "id10001/vid9/00042.wav" in Path(out["bad_files"]).read_text()
+    assert len(read_csv(out["veri_trials"])) == 4
+    write_trials(trials, ["1 id10001/vid0/00001.wav"])
+    with pytest.raises(ValueError, match="line 1"):
+        prepare_voxceleb(data, tmp_path / "s2", verification_file=trials)
+
+
+def test_manifest_missing_column(tmp_path):
+    path = tmp_path / "broken.csv"
+    path.write_text("ID,wav,spk_id\na,x,s\n")
+    with pytest.raises(ValueError, match="broken.csv") as err:
+        read_csv(path, UTT_COLUMNS)
+    assert "duration" in str(err.value)
+    with pytest.raises(FileNotFoundError, match="absent.csv"):
+        read_csv(tmp_path / "absent.csv", UTT_COLUMNS)
+
+
+# ---------------------------------------------------------------------------------- m4a
+
+
+def _m4a_tree(root, clips):
+    """VoxCeleb2-like tree whose '.m4a' files are really wav (enough for a fake ffmpeg)."""
+    make_vox(
+        root, clips, speakers=["id00001", "id00002"], videos=1, utts=5, sub="dev/aac", ext=".m4a"
+    )
+    return root
+
+
+def test_ffmpeg_missing(tmp_path, clips, monkeypatch):
+    data = _m4a_tree(tmp_path / "vox2", clips)
+    empty_bin = tmp_path / "bin"
+    empty_bin.mkdir()
+    monkeypatch.setenv("PATH", str(empty_bin))
+    with pytest.raises(RuntimeError, match="ffmpeg") as err:
+        prepare_voxceleb(data, tmp_path / "s")
+    assert "apt-get install ffmpeg" in str(err.value) and "conda" in str(err.value)
+    with pytest.raises(ValueError, match="m4a"):
+        prepare_voxceleb(data, tmp_path / "s", convert_m4a=False)
+
+
+FAKE_FFMPEG = """#!{python}
+import sys
+import soundfile as sf
+args = sys.argv[1:]
+src, dst = args[args.index("-i") + 1], args[-1]
+with open({log!r}, "a") as f:
+    f.write(src + "\\n")
+if "bad" in src:
+    sys.stderr.write("Invalid data found when processing input\\n")
+    sys.exit(1)
+data, rate = sf.read(src)
+sf.write(dst, data, rate, format="FLAC")
+"""
+
+
+def test_m4a_conversion_with_fake_ffmpeg(tmp_path, clips, monkeypatch):
+    data = _m4a_tree(tmp_path / "vox2", clips)
+    log = tmp_path / "ffmpeg.log"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    ffmpeg = bin_dir / "ffmpeg"
+    ffmpeg.write_text(FAKE_FFMPEG.format(python=sys.executable, log=str(log)))
+    ffmpeg.chmod(ffmpeg.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    # a flac already beside its m4a is reused, never overwritten
+    existing = data / "dev/aac/id00001/vid0/00001.flac"
+    sf.write(existing, clips[5][:20000], RATE)
+    out = prepare_voxceleb(data, tmp_path / "s", n_iden_test=1, valid_ratio=0)
+    rows = [r for n in ["train", "iden_test"] for r in read_csv(out[n])]
+    assert len(rows) == 10 and all(r["wav"].endswith(".flac") for r in rows)
+    assert all(resolve(r["wav"], data).is_file() for r in rows)
+    assert len(list(data.rglob("*.m4a"))) == 10  # originals kept
+    assert sf.info(existing).frames == 20000
+    assert len(log.read_text().splitlines()) == 9
+    assert not list(data.rglob(".*"))  # no temporary file left
+    prepare_voxceleb(data, tmp_path / "s2", n_iden_test=1, valid_ratio=0)
+    assert len(log.read_text().splitlines()) == 9  # converted once
+    # a file ffmpeg cannot convert: error naming it, or skipped and listed
+    bad = data / "dev/aac/id00002/vid0/bad.m4a"
+    bad.write_bytes(b"junk")
+    with pytest.raises(ValueError, match="bad.m4a"):
+        prepare_voxceleb(data, tmp_path / "s3")
+    out = prepare_voxceleb(data, tmp_path / "s3", skip_bad_files=True)
+    assert str(bad) in Path(out["bad_files"]).read_text()
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
+def test_m4a_conversion_with_real_ffmpeg(tmp_path, clips):
+    folder = tmp_path / "vox2/aac/id00001/vid0"
+    folder.mkdir(parents=True)
+    for u in range(2):
+        wav = tmp_path / f"{u}.wav"
+        sf.write(wav, np.stack([clips[u], clips[u]], axis=1), 44100)
+        subprocess.run(
+            ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(wav), str(folder / f"{u}.m4a")],
+            check=True,
+        )
+    out = prepare_voxceleb(
+        tmp_path / "vox2",
+        tmp_path / "s",
+        n_iden_test=0,
+        n_iden_enrol=1,
+        valid_ratio=0,
+        min_duration=0.1,
+    )
+    for row in read_csv(out["train"]):
+        info = sf.info(resolve(row["wav"], tmp_path / "vox2"))
+        assert (info.samplerate, info.channels) == (16000, 1)
+
+
+def test_m4a_folder_not_writable(tmp_path, clips, monkeypatch):
+    data = _m4a_tree(tmp_path / "vox2", clips)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ffmpeg").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "ffmpeg").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    # chmod does not stop root, so the permission check itself is faked
+    monkeypatch.setattr(voxceleb_prepare, "_writable", lambda folder: False)
+    with pytest.raises(PermissionError, match="not writable") as err:
+        prepare_voxceleb(data, tmp_path / "s")
+    assert "id00001" in str(err.value) and "Copy the dataset" in str(err.value)
+
+
+# ---------------------------------------------------------------------------------- folders
+
+
+def test_folder_prepare_librispeech(tmp_path):
+    out = prepare_folder(LIBRI, tmp_path / "a")
+    train = read_csv(out["train"], UTT_COLUMNS)
+    assert len({r["spk_id"] for r in train}) == 10
+    assert "1688--1688-142285-0000" in {r["ID"] for n in SPLIT_CSVS_KEYS for r in read_csv(out[n])}
+    assert all(resolve(r["wav"], LIBRI).is_file() for r in train)
+    trials = read_csv(out["veri_trials"], TRIAL_COLUMNS)
+    labels = [r["label"] for r in trials]
+    assert labels.count("1") == labels.count("0") > 0
+    pairs = [frozenset((r["enrol"], r["test"])) for r in trials]
+    assert all(len(p) == 2 for p in pairs), "self-trial"
+    assert len(set(pairs)) == len(pairs), "duplicate trial"
+    spk = {r["ID"]: r["spk_id"] for r in read_csv(out["veri_utts"], UTT_COLUMNS)}
+    assert len(spk) == 100  # every utterance is eligible and used
+    for r in trials:
+        assert (spk[r["enrol"]] == spk[r["test"]]) == (r["label"] == "1")
+    out_b = prepare_folder(LIBRI, tmp_path / "b")
+    assert Path(out["veri_trials"]).read_text() == Path(out_b["veri_trials"]).read_text()
+    assert Path(out["train"]).read_text() == Path(out_b["train"]).read_text()
+    out_c = prepare_folder(LIBRI, tmp_path / "c", seed=5, n_trials=40, trial_speakers=3)
+    trials_c = read_csv(out_c["veri_trials"])
+    assert len(trials_c) == 40 and sum(r["label"] == "1" for r in trials_c) == 20
+    assert len({r["spk_id"] for r in read_csv(out_c["veri_utts"])}) == 3
+
+
+def test_folder_prepare_flat_names(tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in sorted(LIBRI.glob("*/*.flac"))[:30]:  # 3 speakers
+        shutil.copy(f, flat / f.name)
+    out = prepare_folder(flat, tmp_path / "s", speakers=["1688", "1998"])
+    rows = read_csv(out["train"])
+    assert {r["spk_id"] for r in rows} == {"1688", "1998"}
+    assert all(r["ID"] == Path(r["wav"]).stem and r["wav"].count("/") == 1 for r in rows)
+    assert all(r["ID"].startswith(r["spk_id"] + "-") for r in rows)
+    assert len({r["spk_id"] for r in read_csv(out["veri_utts"])}) == 3
+    (flat / "nodash.flac").write_bytes((flat / rows[0]["wav"].split("/")[-1]).read_bytes())
+    with pytest.raises(ValueError, match="nodash.flac"):
+        prepare_folder(flat, tmp_path / "s2")
+
+
+@pytest.mark.skipif(not SHARED_FLAT.is_dir(), reason="shared train-clean-100 sample absent")
+def test_folder_prepare_shared_flat_librispeech(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        out = prepare_folder(SHARED_FLAT, tmp_path / "s", trial_speakers=None)
+    rows = read_csv(out["train"], UTT_COLUMNS)
+    assert len({r["spk_id"] for r in rows}) == len(rows) == 251
+    assert "103-1240-0000" in {r["ID"] for r in rows}
+    assert "veri_trials" not in out
+    assert "go entirely to train" in caplog.text  # one utterance per speaker
+    with pytest.raises(ValueError, match="single"):
+        prepare_folder(SHARED_FLAT, tmp_path / "t", speakers=5)
+
+
+def test_folder_needs_two_trial_speakers(tmp_path):
+    with pytest.raises(ValueError, match="at least 2 speakers"):
+        prepare_folder(LIBRI, tmp_path / "s", trial_speakers=["1688"])
+
+
+# ---------------------------------------------------------------------------------- sepid.prep
+
+
+def test_split_rule_small_speakers(caplog):
+    utts = {"big": [f"big{i}" for i in range(20)], "tiny": ["t0", "t1", "t2"]}
+    with caplog.at_level(logging.WARNING):
+        splits = split_speaker_utterances(utts, n_iden_enrol=3, n_iden_test=2, valid_ratio=0.1)
+    assert "tiny (3)" in caplog.text
+    assert {"t0", "t1", "t2"} <= set(splits["train"])
+    assert not any(
+        i.startswith("t") for k in ["valid", "iden_enrol", "iden_test"] for i in splits[k]
+    )
+    assert len(splits["iden_test"]) == 2 and len(splits["valid"]) == 2  # round(0.1 * 18)
+    assert len(splits["train"]) == 16 + 3
+    # a speaker's split does not depend on the other speakers
+    alone = split_speaker_utterances({"big": utts["big"]})
+    assert alone["iden_test"] == splits["iden_test"]
+
+
+def test_select_speakers_forms(tmp_path):
+    avail = ["b", "a", "c"]
+    assert select_speakers(avail, "all") == ["a", "b", "c"]
+    assert select_speakers(avail, 2) == ["a", "b"]
+    assert select_speakers(avail, "c,a") == ["a", "c"]
+    with pytest.raises(ValueError, match="zz"):
+        select_speakers(avail, ["a", "zz"], "somewhere")
+    with pytest.raises(FileNotFoundError, match="nofile.txt"):
+        select_speakers(avail, str(tmp_path / "nofile.txt"))
+
+
+def test_generate_trials_balanced():
+    utts = {s: [f"{s}_{i}" for i in range(n)] for s, n in [("a", 2), ("b", 7), ("c", 1), ("d", 12)]}
+    trials = generate_trials(utts, trials_per_utterance=3, seed=1)
+    assert trials == generate_trials(utts, trials_per_utterance=3, seed=1)
+    assert trials != generate_trials(utts, trials_per_utterance=3, seed=2)
+    labels = [t[0] for t in trials]
+    assert labels.count(1) == labels.count(0)
+    assert len({frozenset(t[1:]) for t in trials}) == len(trials)
+    assert all(t[1] != t[2] for t in trials)
+    assert all((t[1][0] == t[2][0]) == (t[0] == 1) for t in trials)
+    with pytest.raises(ValueError, match="at least 2 speakers"):
+        generate_trials({"a": ["a1", "a2"]})
