@@ -5,6 +5,7 @@ data; recipes replace ``$data_root`` through SpeechBrain's ``replacements``.
 """
 
 import csv
+import io
 import json
 import logging
 import os
@@ -23,15 +24,23 @@ def relative_to_root(path, root):
     return f"{DATA_ROOT}/{Path(rel).as_posix()}"
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path, text):
     """Writes text to ``path`` through a temporary file and ``os.replace``: readers see the old
-    file or the whole new one, never a half-written one."""
+    file or the whole new one, never a half-written one. Permissions follow the umask, as for a
+    plain ``open``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", newline="") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -40,18 +49,11 @@ def write_atomic(path, text):
 
 def write_csv(path, rows, fieldnames):
     """Writes a list of dicts as a CSV atomically (header first, columns in ``fieldnames`` order)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fieldnames, extrasaction="raise")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=fieldnames, extrasaction="raise")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue())
     logger.info("Wrote %d rows to %s", len(rows), path)
 
 

@@ -35,3 +35,84 @@ def save_tiny_wavlm(folder, seed=0, **overrides):
     model = WavLMModel(WavLMConfig(**{**TINY_WAVLM, **overrides}))
     model.save_pretrained(folder)
     return folder
+
+
+# The structure of speechbrain/sepformer-whamr's hyperparams.yaml, with tiny sizes.
+TINY_SEPFORMER_YAML = """\
+sample_rate: {sample_rate}
+num_spks: 2
+N_encoder_out: {channels}
+kernel_size: 16
+kernel_stride: 8
+
+Encoder: !new:speechbrain.lobes.models.dual_path.Encoder
+    kernel_size: !ref <kernel_size>
+    out_channels: !ref <N_encoder_out>
+
+SBtfintra: !new:speechbrain.lobes.models.dual_path.SBTransformerBlock
+    num_layers: 1
+    d_model: !ref <N_encoder_out>
+    nhead: 2
+    d_ffn: {ffn}
+    dropout: 0
+    use_positional_encoding: True
+    norm_before: True
+
+SBtfinter: !new:speechbrain.lobes.models.dual_path.SBTransformerBlock
+    num_layers: 1
+    d_model: !ref <N_encoder_out>
+    nhead: 2
+    d_ffn: {ffn}
+    dropout: 0
+    use_positional_encoding: True
+    norm_before: True
+
+MaskNet: !new:speechbrain.lobes.models.dual_path.Dual_Path_Model
+    num_spks: !ref <num_spks>
+    in_channels: !ref <N_encoder_out>
+    out_channels: !ref <N_encoder_out>
+    num_layers: 1
+    K: 50
+    intra_model: !ref <SBtfintra>
+    inter_model: !ref <SBtfinter>
+    norm: ln
+    linear_layer_after_inter_intra: False
+    skip_around_intra: True
+
+Decoder: !new:speechbrain.lobes.models.dual_path.Decoder
+    in_channels: !ref <N_encoder_out>
+    out_channels: 1
+    kernel_size: !ref <kernel_size>
+    stride: !ref <kernel_stride>
+    bias: False
+
+modules:
+    encoder: !ref <Encoder>
+    decoder: !ref <Decoder>
+    masknet: !ref <MaskNet>
+
+pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+    loadables:
+        encoder: !ref <Encoder>
+        masknet: !ref <MaskNet>
+        decoder: !ref <Decoder>
+"""
+
+
+def save_tiny_sepformer(folder, sample_rate=8000, channels=16, ffn=32, seed=0):
+    """Writes a tiny random SepFormer in the layout of ``speechbrain/sepformer-whamr``
+    (``hyperparams.yaml`` + ``encoder.ckpt``, ``masknet.ckpt``, ``decoder.ckpt``) to ``folder``
+    unless it is there; ``SepformerSeparation.from_hparams(source=folder)`` loads it."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    folder = Path(folder)
+    if (folder / "hyperparams.yaml").is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    text = TINY_SEPFORMER_YAML.format(sample_rate=sample_rate, channels=channels, ffn=ffn)
+    torch.manual_seed(seed)
+    hparams = load_hyperpyyaml(text)
+    for name, module in hparams["modules"].items():
+        torch.save(module.state_dict(), folder / f"{name}.ckpt")
+    (folder / "hyperparams.yaml").write_text(text)
+    return folder

@@ -1,0 +1,422 @@
+"""Two-speaker mixtures for joint separation + speaker identification, from a speaker manifest.
+
+Reads a manifest written by ``data_prep/*.py`` (columns ``ID, duration, wav, spk_id``, paths as
+``$data_root/...`` resolved with ``data_folder``) and writes, for each split with mixtures
+(``n_mix[split] > 0``):
+
+- ``<save_folder>/<split>/{mix,s1,s2}/<ID>.wav``: 32-bit float WAV (no quantisation, so
+  ``mix == s1 + s2`` holds in the files to float32 precision), at the corpus's sample rate (that
+  of its first file, sorted by utterance ID) or ``sample_rate``; sources at other rates are
+  resampled through :func:`sepid.audio.read_audio`. IDs are ``<split>_<index:06d>``;
+- ``<save_folder>/<split>.csv``, columns :data:`sepid.mixtures.MIXTURE_COLUMNS`:
+  ``ID, duration, mix_wav, s1_wav, s2_wav, s1_spk, s2_spk, s1_class, s2_class, gain_db, s1_utt,
+  s2_utt``; paths as ``$data_root/<split>/mix/<ID>.wav`` (``save_folder`` is the data root of
+  the mixture corpus), ``duration`` in seconds, ``s*_utt`` the manifest IDs of the sources;
+
+then ``speakers.json`` (``{"train": [...], "valid": [...], "test": [...]}``, each split's sorted
+speakers; ``s*_class`` index these lists) and ``prep_options.json``.
+
+Speaker splits (disjoint; by default the first 50 speakers in sorted order for train, the next
+50 for test, and valid mixtures from held-out utterances of the train speakers), speaker
+classes, levels (``gain_db``, ``loudness``), ``length_mode`` and the no-clipping rule: see
+:mod:`sepid.mixtures`.
+
+Each mixture pairs utterances of two different speakers, drawn with
+``numpy.random.default_rng([seed, split index])`` (train 0, valid 1, test 2): the same options
+give byte-identical CSVs and audio. Utterances shorter than ``min_duration`` are not used
+(counted in the log); a draw whose mixture would be shorter than ``min_duration`` or whose source
+is silent is drawn again, at most :data:`sepid.mixtures.MAX_ATTEMPTS` times, then an error.
+
+Commit order and reruns: each split's audio is written first (every file atomically), then its
+CSV (atomically, the commit point of the split), then ``speakers.json``, ``prep_options.json``
+last. A rerun with the same options skips (:func:`sepid.manifest.prep_is_done`); a rerun after an
+interruption keeps the splits whose CSV was written and makes the others; other options
+regenerate everything (logged). ``save_folder`` must be empty, absent, or written by this tool
+(a ``prep_options.json`` of ``make_mixtures``, or its in-progress marker): otherwise it is
+refused, unless ``overwrite=True`` (``--overwrite``), which writes over files of the same names
+and deletes nothing else.
+
+Example (the reference system's protocol on VoxCeleb2's first 100 speakers)::
+
+    python data_prep/make_mixtures.py --manifest results/prep/train.csv \\
+        --data_folder /data/voxceleb2 --save_folder /data/mix \\
+        --n_train 1000 --n_valid 100 --n_test 200 --train_speakers 50 --test_speakers 50
+"""
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from sepid.audio import read_audio
+from sepid.manifest import (
+    PREP_OPTIONS_FILE,
+    prep_is_done,
+    relative_to_root,
+    save_prep_options,
+    write_atomic,
+    write_csv,
+)
+from sepid.mixtures import (
+    DEFAULT_N_MIX,
+    DEFAULT_SPLIT_SPEAKERS,
+    LENGTH_MODES,
+    LOUDNESS_MODES,
+    MAX_ATTEMPTS,
+    MIXTURE_COLUMNS,
+    SPLITS,
+    SilentSourceError,
+    check_mixing_options,
+    corpus_sample_rate,
+    draw_levels,
+    draw_pair,
+    mix_sources,
+    split_speaker_pools,
+    write_float_wav,
+)
+from sepid.prep import file_fingerprint, parse_speakers_arg, speakers_option
+
+logger = logging.getLogger(__name__)
+
+PREP_NAME = "make_mixtures"
+FORMAT_VERSION = 1
+SPEAKERS_JSON = "speakers.json"
+IN_PROGRESS = ".make_mixtures_in_progress.json"
+
+
+def _n_mix(n_mix):
+    n_mix = dict(DEFAULT_N_MIX if n_mix is None else n_mix)
+    unknown = sorted(set(n_mix) - set(SPLITS))
+    if unknown:
+        raise ValueError(f"n_mix has unknown split(s) {unknown}; use {list(SPLITS)}.")
+    out = {}
+    for split in SPLITS:
+        value = n_mix.get(split, 0)
+        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"n_mix[{split!r}]={value!r}: give a whole number >= 0.")
+        out[split] = int(value)
+    return out
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _owned(save_folder):
+    """True when ``save_folder`` was written (or is being written) by this tool."""
+    if (save_folder / IN_PROGRESS).is_file():
+        return True
+    saved = _read_json(save_folder / PREP_OPTIONS_FILE)
+    return isinstance(saved, dict) and saved.get("prep") == PREP_NAME
+
+
+def check_save_folder(save_folder, overwrite=False):
+    """Refuses a non-empty ``save_folder`` that this tool did not write, unless ``overwrite``.
+
+    Returns
+    -------
+    bool
+        Whether the folder is this tool's own (its stale outputs may then be deleted).
+    """
+    save_folder = Path(save_folder)
+    if save_folder.exists() and not save_folder.is_dir():
+        raise NotADirectoryError(f"save_folder {save_folder} exists and is not a folder.")
+    if not save_folder.is_dir() or not any(save_folder.iterdir()):
+        return True
+    if _owned(save_folder):
+        return True
+    if not overwrite:
+        raise FileExistsError(
+            f"save_folder {save_folder} is not empty and was not written by make_mixtures (no "
+            f"{PREP_OPTIONS_FILE} of it). Choose an empty or new folder, or pass overwrite=True "
+            "(--overwrite) to write mixtures over files of the same names there."
+        )
+    logger.warning(
+        "save_folder %s holds files not written by make_mixtures: overwriting (overwrite=True)",
+        save_folder,
+    )
+    return False
+
+
+def output_paths(save_folder, n_mix):
+    """``{split: csv path}`` for the splits with mixtures, ``speakers`` and ``prep_options``."""
+    save_folder = Path(save_folder)
+    paths = {split: str(save_folder / f"{split}.csv") for split in SPLITS if n_mix[split] > 0}
+    paths["speakers"] = str(save_folder / SPEAKERS_JSON)
+    paths["prep_options"] = str(save_folder / PREP_OPTIONS_FILE)
+    return paths
+
+
+def _prepare_folder(save_folder, options, owned, n_mix):
+    """Marks the folder as in progress and clears stale outputs; returns True when resuming an
+    interrupted run with the same options (its finished splits are kept)."""
+    save_folder.mkdir(parents=True, exist_ok=True)
+    marker = save_folder / IN_PROGRESS
+    if _read_json(marker) == json.loads(json.dumps(options)):
+        (save_folder / PREP_OPTIONS_FILE).unlink(missing_ok=True)
+        logger.info("Resuming an interrupted make_mixtures run in %s", save_folder)
+        return True
+    write_atomic(marker, json.dumps(options, indent=2, sort_keys=True))
+    (save_folder / PREP_OPTIONS_FILE).unlink(missing_ok=True)
+    for split in SPLITS:
+        if n_mix[split] > 0 or owned:
+            (save_folder / f"{split}.csv").unlink(missing_ok=True)
+        if owned:
+            for kind in ("mix", "s1", "s2"):
+                shutil.rmtree(save_folder / split / kind, ignore_errors=True)
+    return False
+
+
+def _make_split(
+    split,
+    n,
+    pool,
+    save_folder,
+    sample_rate,
+    length_mode,
+    gain_db_range,
+    loudness,
+    min_duration,
+    seed,
+):
+    rng = np.random.default_rng([seed, SPLITS.index(split)])
+    min_samples = min_duration * sample_rate
+    rows, redrawn = [], 0
+    for i in range(n):
+        for _ in range(MAX_ATTEMPTS):
+            u1, u2 = draw_pair(rng, pool)
+            level_db, gain_db = draw_levels(rng, gain_db_range, loudness)
+            if length_mode == "min" and min(u1.duration, u2.duration) < min_duration:
+                redrawn += 1
+                continue
+            sig1, sig2 = read_audio(u1.path, sample_rate), read_audio(u2.path, sample_rate)
+            try:
+                mix, s1, s2 = mix_sources(sig1, sig2, gain_db, length_mode, level_db)
+            except SilentSourceError as err:
+                logger.warning("Redrawing %s mixture %d: %s (%s, %s)", split, i, err, u1.id, u2.id)
+                redrawn += 1
+                continue
+            if mix.shape[0] + 2 < min_samples:
+                redrawn += 1
+                continue
+            break
+        else:
+            raise ValueError(
+                f"No usable {split} mixture in {MAX_ATTEMPTS} draws (mixture {i}): sources are "
+                f"silent or mixtures shorter than min_duration={min_duration} s. Check the "
+                "manifest's audio and durations, or lower min_duration."
+            )
+        mix_id = f"{split}_{i:06d}"
+        paths = {}
+        for kind, sig in (("mix", mix), ("s1", s1), ("s2", s2)):
+            path = save_folder / split / kind / f"{mix_id}.wav"
+            write_float_wav(path, sig, sample_rate)
+            paths[kind] = relative_to_root(path, save_folder)
+        rows.append(
+            {
+                "ID": mix_id,
+                "duration": round(mix.shape[0] / sample_rate, 4),
+                "mix_wav": paths["mix"],
+                "s1_wav": paths["s1"],
+                "s2_wav": paths["s2"],
+                "s1_spk": u1.spk,
+                "s2_spk": u2.spk,
+                "s1_class": pool.class_of(u1.spk),
+                "s2_class": pool.class_of(u2.spk),
+                "gain_db": gain_db,
+                "s1_utt": u1.id,
+                "s2_utt": u2.id,
+            }
+        )
+        if (i + 1) % max(1, n // 10) == 0 or i + 1 == n:
+            logger.info("%s: %d / %d mixtures", split, i + 1, n)
+    if redrawn:
+        logger.info("%s: %d draw(s) redone (silent source or mixture too short)", split, redrawn)
+    write_csv(save_folder / f"{split}.csv", rows, MIXTURE_COLUMNS)
+
+
+def make_mixtures(
+    manifest,
+    data_folder,
+    save_folder,
+    n_mix=None,
+    split_speakers=None,
+    sample_rate=None,
+    length_mode="min",
+    gain_db_range=(0.0, 0.0),
+    loudness="none",
+    min_duration=1.0,
+    seed=1234,
+    valid_utt_fraction=0.1,
+    overwrite=False,
+):
+    """Writes a two-speaker mixture corpus from a speaker manifest (see the module docstring).
+
+    Arguments
+    ---------
+    manifest : str or Path
+        Speaker manifest (``ID, duration, wav, spk_id``).
+    data_folder : str or Path
+        Corpus root replacing ``$data_root`` in the manifest.
+    save_folder : str or Path
+        Root of the mixture corpus (empty, new, or written by this tool).
+    n_mix : dict, optional
+        Mixtures per split, default ``{"train": 1000, "valid": 100, "test": 200}``; splits
+        missing from a given dict get none.
+    split_speakers : dict, optional
+        Speakers per split (int, list, comma string or file; see :mod:`sepid.mixtures`);
+        missing keys default to ``{"train": 50, "valid": 0, "test": 50}``.
+    sample_rate : int, optional
+        Output rate; None: the corpus's own.
+    length_mode : str
+        ``"min"`` (cut to the shorter source) or ``"max"`` (zero-pad the shorter).
+    gain_db_range : tuple of float
+        Range of the uniform draw of s2's level relative to s1 (dB).
+    loudness : str
+        ``"none"`` (equal RMS, then ``gain_db``) or ``"librimix"`` (RMS levels in [-33, -25]).
+    min_duration : float
+        Shortest source and mixture (seconds).
+    seed : int
+        Seed of the draws.
+    valid_utt_fraction : float
+        Fraction of each train speaker's utterances held out for valid when valid has no
+        speakers of its own.
+    overwrite : bool
+        Allow writing into a non-empty folder that this tool did not write.
+
+    Returns
+    -------
+    dict
+        Output paths: one CSV per split with mixtures, ``speakers``, ``prep_options``.
+    """
+    n_mix = _n_mix(n_mix)
+    gain_db_range = check_mixing_options(length_mode, gain_db_range, loudness)
+    if sample_rate is not None and (int(sample_rate) != sample_rate or sample_rate <= 0):
+        raise ValueError(f"sample_rate={sample_rate}: give a positive integer rate in Hz or None.")
+    if min_duration < 0:
+        raise ValueError(f"min_duration={min_duration} must be >= 0.")
+    manifest, data_folder, save_folder = Path(manifest), Path(data_folder), Path(save_folder)
+    if not manifest.is_file():
+        raise FileNotFoundError(
+            f"Manifest not found: {manifest}. Run the data prep script that writes it first."
+        )
+    if not data_folder.is_dir():
+        raise FileNotFoundError(
+            f"Data folder not found: {data_folder} (the corpus root the manifest's $data_root "
+            "paths are relative to)."
+        )
+    spec = dict(DEFAULT_SPLIT_SPEAKERS)
+    spec.update(split_speakers or {})
+    options = {
+        "prep": PREP_NAME,
+        "version": FORMAT_VERSION,
+        "manifest": {"file": str(manifest.resolve()), "sha1": file_fingerprint(manifest)},
+        "data_folder": str(data_folder.resolve()),
+        "n_mix": n_mix,
+        "split_speakers": {k: speakers_option(v) for k, v in sorted(spec.items())},
+        "sample_rate": None if sample_rate is None else int(sample_rate),
+        "length_mode": length_mode,
+        "gain_db_range": list(gain_db_range),
+        "loudness": loudness,
+        "min_duration": min_duration,
+        "seed": seed,
+        "valid_utt_fraction": valid_utt_fraction,
+    }
+    owned = check_save_folder(save_folder, overwrite)
+    outputs = [Path(p).name for k, p in output_paths(save_folder, n_mix).items()]
+    outputs.remove(PREP_OPTIONS_FILE)
+    if owned and prep_is_done(save_folder, options, outputs):
+        return output_paths(save_folder, n_mix)
+
+    pools, _ = split_speaker_pools(manifest, data_folder, spec, min_duration, valid_utt_fraction)
+    for split in SPLITS:
+        if n_mix[split] > 0:
+            pools[split].check(split, f"manifest {manifest}")
+    if sample_rate is None:
+        sample_rate = corpus_sample_rate(list(pools.values()))
+        logger.info("Mixtures at the corpus's sample rate, %d Hz (first file)", sample_rate)
+    sample_rate = int(sample_rate)
+    for split in SPLITS:
+        logger.info(
+            "%s: %d speaker(s) (%d with usable utterances), %d mixture(s)",
+            split,
+            len(pools[split].speakers),
+            len(pools[split].drawable),
+            n_mix[split],
+        )
+
+    resume = _prepare_folder(save_folder, options, owned, n_mix)
+    for split in SPLITS:
+        if n_mix[split] == 0:
+            continue
+        if resume and (save_folder / f"{split}.csv").is_file():
+            logger.info("%s.csv already written by the interrupted run: keeping it", split)
+            continue
+        _make_split(
+            split,
+            n_mix[split],
+            pools[split],
+            save_folder,
+            sample_rate,
+            length_mode,
+            gain_db_range,
+            loudness,
+            min_duration,
+            seed,
+        )
+    speakers = {split: pools[split].speakers for split in SPLITS}
+    write_atomic(save_folder / SPEAKERS_JSON, json.dumps(speakers, indent=2))
+    save_prep_options(save_folder, options)
+    (save_folder / IN_PROGRESS).unlink(missing_ok=True)
+    return output_paths(save_folder, n_mix)
+
+
+def main(argv=None):
+    """Command-line entry point (see ``--help``)."""
+    parser = argparse.ArgumentParser(
+        description="Make two-speaker mixtures (mix, s1, s2 + speaker labels) from a manifest."
+    )
+    parser.add_argument(
+        "--manifest", required=True, help="speaker manifest (ID,duration,wav,spk_id)"
+    )
+    parser.add_argument("--data_folder", required=True, help="corpus root ($data_root)")
+    parser.add_argument("--save_folder", required=True, help="root of the mixture corpus")
+    for split in SPLITS:
+        parser.add_argument(f"--n_{split}", type=int, default=DEFAULT_N_MIX[split])
+    for split in SPLITS:
+        parser.add_argument(
+            f"--{split}_speakers",
+            default=str(DEFAULT_SPLIT_SPEAKERS[split]),
+            type=parse_speakers_arg,
+            help="N (next N sorted) | id1,id2 | file with one ID per line"
+            + (" | 0: held-out utterances of the train speakers" if split == "valid" else ""),
+        )
+    parser.add_argument("--sample_rate", type=int, default=None, help="default: the corpus's")
+    parser.add_argument("--length_mode", choices=LENGTH_MODES, default="min")
+    parser.add_argument(
+        "--gain_db_range", type=float, nargs=2, default=(0.0, 0.0), metavar=("LOW", "HIGH")
+    )
+    parser.add_argument("--loudness", choices=LOUDNESS_MODES, default="none")
+    parser.add_argument("--min_duration", type=float, default=1.0)
+    parser.add_argument("--valid_utt_fraction", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--overwrite", action="store_true")
+    args = vars(parser.parse_args(argv))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    n_mix = {split: args.pop(f"n_{split}") for split in SPLITS}
+    split_speakers = {split: args.pop(f"{split}_speakers") for split in SPLITS}
+    outputs = make_mixtures(n_mix=n_mix, split_speakers=split_speakers, **args)
+    for key, path in outputs.items():
+        logger.info("%s: %s", key, path)
+    return outputs
+
+
+if __name__ == "__main__":
+    main()

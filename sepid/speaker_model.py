@@ -1,0 +1,65 @@
+"""Loading a trained speaker model from a speaker-recipe experiment folder.
+
+``recipes/speaker/train.py`` leaves ``<output_folder>/hyperparams.yaml`` (the YAML with every
+override resolved), ``save/label_encoder.txt`` and ``save/CKPT+*`` checkpoints. Other recipes (the
+separation evaluation, the joint recipe) load the speaker branch from there through
+:func:`load_speaker_experiment`: the same YAML, the same modules, the best checkpoint.
+"""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from hyperpyyaml import load_hyperpyyaml
+
+from sepid.dataio import load_label_encoder
+from sepid.models.speaker import set_classifier_outputs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SpeakerModel:
+    """A speaker encoder with its ArcFace classifier and the speaker label encoder."""
+
+    encoder: object
+    classifier: object
+    label_encoder: object
+    sample_rate: int
+    checkpoint: str
+
+
+def load_speaker_experiment(folder, min_key="error_rate", device="cpu"):
+    """Builds the encoder and classifier from ``<folder>/hyperparams.yaml`` and loads the best
+    checkpoint (lowest ``min_key``) from its save folder.
+
+    Raises
+    ------
+    FileNotFoundError
+        The folder has no ``hyperparams.yaml``, label encoder or checkpoint, with what to run.
+    """
+    folder = Path(folder)
+    yaml_file = folder / "hyperparams.yaml"
+    if not yaml_file.is_file():
+        raise FileNotFoundError(
+            f"{yaml_file} not found: --speaker_model must be the output folder of "
+            "recipes/speaker/train.py (e.g. results/wavlm-lora-arcface/1986)."
+        )
+    with open(yaml_file, encoding="utf-8") as f:
+        hparams = load_hyperpyyaml(f)
+    label_file = Path(hparams["save_folder"]) / "label_encoder.txt"
+    label_encoder = load_label_encoder(label_file)
+    if label_encoder is None:
+        raise FileNotFoundError(f"{label_file} not found: train the speaker model first.")
+    set_classifier_outputs(hparams["classifier"], len(label_encoder))
+    checkpoint = hparams["checkpointer"].recover_if_possible(min_key=min_key)
+    if checkpoint is None:
+        raise FileNotFoundError(
+            f"No checkpoint in {hparams['save_folder']}: train the speaker model first."
+        )
+    logger.info("Speaker model from %s", checkpoint.path)
+    encoder = hparams["encoder"].to(device).eval()
+    classifier = hparams["classifier"].to(device).eval()
+    return SpeakerModel(
+        encoder, classifier, label_encoder, hparams["sample_rate"], str(checkpoint.path)
+    )

@@ -1,0 +1,85 @@
+"""Evaluation sets built from manifests: one embedding per distinct utterance, clear errors."""
+
+import pytest
+import torch
+
+from sepid.manifest import write_csv
+from sepid.scoring import EmbeddingTable
+from sepid.speaker_eval import (
+    IdentificationSet,
+    VerificationSet,
+    identification_report,
+    unique_utterances,
+)
+from sepid.tables import speaker_results_table
+
+UTT = ["ID", "duration", "wav", "spk_id"]
+
+
+def utt(i, spk, dur=2.0):
+    return {"ID": f"u{i}", "duration": dur, "wav": f"$data_root/{spk}/u{i}.wav", "spk_id": spk}
+
+
+@pytest.fixture
+def prep(tmp_path):
+    utts = [utt(0, "a"), utt(1, "a", 5.0), utt(2, "b"), utt(3, "b", 3.0)]
+    write_csv(tmp_path / "veri_utts.csv", utts, UTT)
+    trials = [
+        {"label": 1, "enrol": "u0", "test": "u1"},
+        {"label": 0, "enrol": "u0", "test": "u2"},
+        {"label": 1, "enrol": "u2", "test": "u3"},
+    ]
+    write_csv(tmp_path / "veri_trials.csv", trials, ["label", "enrol", "test"])
+    write_csv(tmp_path / "iden_enrol.csv", [utts[0], utts[2]], UTT)
+    write_csv(tmp_path / "iden_test.csv", [utts[1], utts[3]], UTT)
+    return tmp_path
+
+
+def test_each_utterance_once_across_sets(prep):
+    vset = VerificationSet.from_prep("v", prep, "/data")
+    iset = IdentificationSet.from_prep("i", prep, "/data")
+    assert vset.trials[0] == (1, "u0", "u1")
+    assert vset.paths["u0"] == "/data/a/u0.wav"
+    dataset = unique_utterances([vset.rows, iset.enrol + iset.test])
+    assert sorted(dataset.data_ids) == sorted(vset.paths.values())
+    # longest first, so batches hold similar lengths
+    durations = [dataset.data[k]["duration"] for k in dataset.data_ids]
+    assert durations == sorted(durations, reverse=True)
+
+
+def test_trial_naming_unknown_utterance_is_an_error(prep):
+    write_csv(
+        prep / "veri_trials.csv",
+        [{"label": 1, "enrol": "u0", "test": "zz"}],
+        ["label", "enrol", "test"],
+    )
+    with pytest.raises(ValueError, match=r"veri_trials.csv line 2: utterance 'zz'"):
+        VerificationSet.from_prep("v", prep, "/data")
+
+
+def test_manifest_missing_column_names_the_file(prep):
+    write_csv(prep / "iden_test.csv", [{"ID": "u1", "wav": "x"}], ["ID", "wav"])
+    with pytest.raises(ValueError, match="iden_test.csv lacks column"):
+        IdentificationSet.from_prep("i", prep, "/data")
+
+
+def test_identification_report_by_centroid(prep):
+    iset = IdentificationSet.from_prep("i", prep, "/data")
+    paths = [r["wav"] for r in iset.enrol + iset.test]
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.8, 0.3]])  # u0 a, u2 b, u1 a, u3 b
+    report = identification_report(iset, EmbeddingTable(paths, emb), topk=(1,))
+    # u1 is nearest to a (right), u3 is nearest to a as well (wrong): 50 %
+    assert report["embedding"]["top1"] == 0.5
+    assert "classifier" not in report
+
+
+def test_results_table_has_a_column_per_model():
+    veri = {"eer": 0.1, "min_dcf@0.01": 0.5, "tar@far=0.01": 0.7}
+    report = {
+        "pretrained": {"verification": {"cosine": veri}},
+        "finetuned": {"verification": {"cosine": {**veri, "eer": 0.05}}},
+    }
+    table = speaker_results_table(report, "python x.py")
+    assert "| metric | pretrained | finetuned |" in table
+    assert "| verification cosine EER (%) | 10.00 | 5.00 |" in table
+    assert "Command: `python x.py`" in table
