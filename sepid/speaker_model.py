@@ -27,6 +27,8 @@ class SpeakerModel:
     label_encoder: object
     sample_rate: int
     checkpoint: str
+    enrol_csv: str  # the experiment's identification enrolment manifest
+    data_folder: str  # the corpus its manifests resolve against
 
 
 def load_speaker_experiment(folder, min_key="error_rate", device="cpu"):
@@ -61,5 +63,11 @@ def load_speaker_experiment(folder, min_key="error_rate", device="cpu"):
     encoder = hparams["encoder"].to(device).eval()
     classifier = hparams["classifier"].to(device).eval()
     return SpeakerModel(
-        encoder, classifier, label_encoder, hparams["sample_rate"], str(checkpoint.path)
+        encoder,
+        classifier,
+        label_encoder,
+        hparams["sample_rate"],
+        str(checkpoint.path),
+        hparams["iden_enrol_csv"],
+        hparams["data_folder"],
     )

@@ -39,3 +39,59 @@ def speaker_results_table(report, command):
     lines.append("")
     lines.append(f"Command: `{command}`")
     return "\n".join(lines) + "\n"
+
+
+SEPARATION_COLUMNS = (
+    ("SI-SDR", "si_sdr"),
+    ("SI-SDRi", "si_sdri"),
+    ("SDR", "sdr"),
+    ("SDRi", "sdri"),
+    ("SIR", "sir"),
+    ("SAR", "sar"),
+    ("PESQ", "pesq"),
+    ("STOI", "stoi"),
+)
+
+
+def _mean(summary, key):
+    stats = summary.get(key)
+    if not stats or stats["mean"] is None:
+        return "n/a"
+    missing = f" ({stats['n_missing']} missing)" if stats["n_missing"] else ""
+    return f"{stats['mean']:.2f}{missing}"
+
+
+def separation_results_table(summaries, speaker_report, sample_rate, command):
+    """Separation metrics (mean over mixtures, dB except PESQ/STOI), one row per system, and
+    speaker identification accuracy on separated outputs with the clean/mixture bounds."""
+    names = [n for n, _ in SEPARATION_COLUMNS]
+    lines = [
+        f"Separation metrics at {sample_rate} Hz (mean over mixtures; dB except PESQ, STOI)",
+        "",
+        f"| system | {' | '.join(names)} |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    for system, summary in summaries.items():
+        cells = [_mean(summary, key) for _, key in SEPARATION_COLUMNS]
+        lines.append(f"| {system} | {' | '.join(cells)} |")
+    if speaker_report:
+        lines += [
+            "",
+            "Speaker identification accuracy (%) (outputs labelled through the SI-SDR permutation)",
+            "",
+            "| speaker model | method | separated outputs | clean sources (upper bound) "
+            "| raw mixture (lower bound, at most 50) |",
+            "|---|---|---|---|---|",
+        ]
+        for model, conditions in speaker_report.items():
+            for method in ("embedding", "classifier"):
+                if method not in conditions.get("separated", {}):
+                    continue
+                cells = []
+                for condition in ("separated", "clean", "mixture"):
+                    acc = conditions[condition][method]
+                    value = "n/a" if acc["accuracy"] is None else f"{100 * acc['accuracy']:.2f}"
+                    cells.append(f"{value} (n={acc['n']})")
+                lines.append(f"| {model} | {method} | {' | '.join(cells)} |")
+    lines += ["", f"Command: `{command}`"]
+    return "\n".join(lines) + "\n"

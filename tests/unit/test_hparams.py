@@ -22,11 +22,20 @@ SCRIPTS = {
         "hparams/demo/wavlm-lora-arcface.yaml",
     ],
     "sepid/dataio.py": ["hparams/wavlm-lora-arcface.yaml", "hparams/demo/wavlm-lora-arcface.yaml"],
+    "recipes/separation/evaluate.py": [
+        "hparams/separation-eval.yaml",
+        "hparams/demo/separation-eval.yaml",
+    ],
+    "sepid/separation_data.py": [
+        "hparams/separation-eval.yaml",
+        "hparams/demo/separation-eval.yaml",
+    ],
 }
 KEY_PATTERNS = (
     re.compile(r"hparams\[\"(\w+)\"\]"),
     re.compile(r"hparams\['(\w+)'\]"),
     re.compile(r"self\.hparams\.(\w+)"),
+    re.compile(r"(?<![\w.])hparams\.(\w+)"),  # a Brain's hparams namespace handed to a helper
 )
 
 

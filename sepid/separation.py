@@ -1,0 +1,197 @@
+"""Separation evaluation shared by ``recipes/separation/evaluate.py`` and the joint recipe: loading
+a SpeechBrain separator, separating long mixtures in chunks, identifying the speaker of each
+separated output with the labels that the separation permutation assigns, and the reports.
+"""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from speechbrain.inference.separation import SepformerSeparation
+
+from sepid.manifest import read_csv, write_csv
+from sepid.metrics.separation import summarize
+from sepid.models.speaker import embed_in_chunks
+from sepid.plots import plot_histogram
+
+logger = logging.getLogger(__name__)
+
+MIXTURE_COLUMNS = ("ID", "duration", "mix_wav", "s1_wav", "s2_wav", "s1_spk", "s2_spk")
+SEPARATION_KEYS = ("si_sdr", "si_sdri", "sdr", "sdri", "sir", "sar", "pesq", "stoi")
+
+
+def load_separator(source, savedir, device="cpu"):
+    """``SepformerSeparation.from_hparams`` (a Hub id or a local folder with ``hyperparams.yaml``
+    and the ``encoder``/``masknet``/``decoder`` checkpoints), checking the modules it needs:
+    SpeechBrain declares ``MODULES_NEEDED`` but does not enforce it."""
+    separator = SepformerSeparation.from_hparams(
+        source=str(source), savedir=str(savedir), run_opts={"device": device}
+    )
+    missing = [m for m in SepformerSeparation.MODULES_NEEDED if m not in separator.mods]
+    if missing:
+        raise ValueError(
+            f"Separator {source} lacks module(s) {missing} in its hyperparams.yaml `modules:`; "
+            "use a SpeechBrain SepFormer model (e.g. speechbrain/sepformer-whamr)."
+        )
+    separator.mods.eval()
+    return separator
+
+
+def align_to(previous_tail, chunk_head):
+    """The order of the chunk's sources that best matches the previous chunk on their overlap
+    (two sources: keep or swap, by summed correlation)."""
+    keep = sum(float(torch.dot(previous_tail[:, i], chunk_head[:, i])) for i in range(2))
+    swap = sum(float(torch.dot(previous_tail[:, i], chunk_head[:, 1 - i])) for i in range(2))
+    return [0, 1] if keep >= swap else [1, 0]
+
+
+def separate(separate_batch, mix, chunk_samples=None, overlap_samples=0):
+    """Separates ``mix [1, T]`` into ``[T, n_src]``. Mixtures longer than ``chunk_samples`` are
+    cut into overlapping chunks; each chunk's sources are reordered to match the previous chunk on
+    the overlap (a separator's output order is arbitrary per call) and cross-faded there."""
+    total = mix.shape[1]
+    if chunk_samples is None or total <= chunk_samples:
+        return separate_batch(mix)[0]
+    if not 0 <= overlap_samples < chunk_samples:
+        raise ValueError("overlap must be shorter than the chunk")
+    hop = chunk_samples - overlap_samples
+    out = None
+    for start in range(0, total, hop):
+        stop = min(start + chunk_samples, total)
+        est = separate_batch(mix[:, start:stop])[0]
+        if out is None:
+            out = est
+        else:
+            n = min(overlap_samples, out.shape[0] - start, est.shape[0])
+            est = est[:, align_to(out[start : start + n], est[:n])]
+            fade = torch.linspace(0.0, 1.0, n, device=est.device).unsqueeze(1)
+            out[start : start + n] = out[start : start + n] * (1 - fade) + est[:n] * fade
+            out = torch.cat([out, est[n:]], dim=0)
+        if stop == total:
+            break
+    return out
+
+
+@dataclass
+class SpeakerPredictions:
+    """Top-1 speaker predictions of one speaker model for a list of signals."""
+
+    by_embedding: list
+    by_classifier: list  # None entries when the model has no classifier
+
+
+class SpeakerIdentifier:
+    """Predicts speakers by cosine to per-speaker enrolment centroids and, for the fine-tuned
+    model, by its ArcFace classifier head.
+
+    Arguments
+    ---------
+    model : sepid.speaker_model.SpeakerModel
+    enrol_signals : dict
+        speaker -> list of 1-D tensors at ``model.sample_rate`` (clean enrolment utterances).
+    pretrained_only : bool
+        Use the base model's mean-pooled hidden states (the baseline); no classifier.
+    chunk_seconds : float
+        Longer signals are embedded in chunks (see ``embed_in_chunks``).
+    """
+
+    def __init__(self, model, enrol_signals, pretrained_only=False, chunk_seconds=20.0):
+        self.model = model
+        self.pretrained_only = pretrained_only
+        self.chunk = int(chunk_seconds * model.sample_rate)
+        self.speakers = sorted(enrol_signals)
+        centroids = []
+        for spk in self.speakers:
+            embs = torch.cat([self.embed(sig) for sig in enrol_signals[spk]])
+            centroids.append(torch.nn.functional.normalize(embs, dim=1).mean(0))
+        self.centroids = torch.nn.functional.normalize(torch.stack(centroids), dim=1)
+
+    @torch.no_grad()
+    def embed(self, signal):
+        """``[1, D]`` embedding of a 1-D signal at the speaker model's rate."""
+        device = next(self.model.encoder.parameters()).device
+        wav = signal.reshape(1, -1).to(device)
+        return embed_in_chunks(
+            self.model.encoder, wav, torch.ones(1, device=device), self.chunk, self.pretrained_only
+        ).cpu()
+
+    @torch.no_grad()
+    def predict(self, signals):
+        """Top-1 predictions for a list of 1-D signals."""
+        embs = torch.cat([self.embed(s) for s in signals])
+        scores = torch.nn.functional.normalize(embs, dim=1) @ self.centroids.T
+        by_embedding = [self.speakers[i] for i in scores.argmax(1).tolist()]
+        if self.pretrained_only:
+            return SpeakerPredictions(by_embedding, [None] * len(signals))
+        device = next(self.model.classifier.parameters()).device
+        logits = self.model.classifier(embs.unsqueeze(1).to(device)).squeeze(1)
+        labels = self.model.label_encoder.decode_ndim(logits.argmax(1).cpu().tolist())
+        return SpeakerPredictions(by_embedding, list(labels))
+
+
+def assigned_labels(perm, reference_speakers):
+    """The speaker label of each separated output: output ``perm[i]`` was assigned to reference
+    ``i`` by the separation metrics, so it carries reference ``i``'s speaker."""
+    labels = [None] * len(perm)
+    for ref, out in enumerate(perm):
+        labels[out] = reference_speakers[ref]
+    return labels
+
+
+def accuracy(predicted, expected, known=None):
+    """Fraction of ``predicted == expected``; entries whose expected label is not in ``known``
+    (speakers a classifier never saw) are excluded and counted."""
+    pairs = [(p, e) for p, e in zip(predicted, expected, strict=True) if p is not None]
+    if known is not None:
+        pairs = [(p, e) for p, e in pairs if e in known]
+    n = len(pairs)
+    return {
+        "accuracy": (sum(p == e for p, e in pairs) / n) if n else None,
+        "n": n,
+        "n_excluded": len(predicted) - n,
+    }
+
+
+def load_mixture_rows(csv_path, data_folder):
+    """Rows of a mixture manifest written by ``data_prep/make_mixtures.py`` (columns checked)."""
+    rows = read_csv(csv_path, MIXTURE_COLUMNS)
+    for row in rows:
+        for key in ("mix_wav", "s1_wav", "s2_wav"):
+            row[key] = row[key].replace("$data_root", str(data_folder))
+    return rows
+
+
+def write_separation_outputs(out_folder, rows, sample_rate, extra_summary=None):
+    """Per-mixture CSV (with a mean row), the summary (mean/median/std over defined values, with
+    missing counts) and the SI-SDRi histogram; returns the summary."""
+    out_folder = Path(out_folder)
+    summary = summarize(rows, SEPARATION_KEYS)
+    columns = ["ID", *SEPARATION_KEYS]
+    columns += sorted({k for r in rows for k in r if k.endswith(("_s1", "_s2"))})
+    columns += [k for k in rows[0] if k.startswith(("spk_", "pred_"))] if rows else []
+    columns += ["perm", "failed"]
+    table = []
+    for row in rows:
+        table.append({c: _cell(row.get(c)) for c in columns})
+    table.append({"ID": "mean", **{k: _cell(v["mean"]) for k, v in summary.items()}})
+    write_csv(out_folder / "per_mixture.csv", table, columns)
+    values = [r["si_sdri"] for r in rows if r.get("si_sdri") is not None]
+    if values:
+        plot_histogram(
+            np.asarray(values),
+            out_folder / "si_sdri_hist.png",
+            xlabel=f"SI-SDRi (dB) at {sample_rate} Hz",
+        )
+    return summary
+
+
+def _cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return value

@@ -1,0 +1,85 @@
+"""Data pipelines of the separation evaluation: mixtures with their references at the
+separator's rate, clean sources at the speaker model's rate, and enrolment utterances."""
+
+import logging
+
+import speechbrain as sb
+from speechbrain.dataio.dataset import DynamicItemDataset
+
+from sepid.audio import audio_info, read_audio
+from sepid.dataio import UTTERANCE_COLUMNS
+from sepid.manifest import read_csv
+from sepid.separation import MIXTURE_COLUMNS
+
+logger = logging.getLogger(__name__)
+
+
+def mixture_dataset(hparams, separator_rate, speaker_rate=None):
+    """The test mixtures (``test_csv`` under ``data_folder``), longest first; returns the dataset
+    and the corpus's sample rate. ``mix_sig``, ``s1_sig``, ``s2_sig`` are at ``separator_rate``
+    (resampled once, here); ``s1_spk_sig``, ``s2_spk_sig`` at ``speaker_rate`` when given."""
+    read_csv(hparams["test_csv"], MIXTURE_COLUMNS)
+    dataset = DynamicItemDataset.from_csv(
+        hparams["test_csv"], replacements={"data_root": str(hparams["data_folder"])}
+    )
+    if len(dataset) == 0:
+        raise ValueError(f"{hparams['test_csv']} lists no mixture; rerun make_mixtures.py.")
+    first = dataset.data[dataset.data_ids[0]]["mix_wav"]
+    corpus_rate = audio_info(first)[1]
+
+    @sb.utils.data_pipeline.takes("mix_wav", "s1_wav", "s2_wav")
+    @sb.utils.data_pipeline.provides("mix_sig", "s1_sig", "s2_sig")
+    def separator_signals(mix_wav, s1_wav, s2_wav):
+        for path in (mix_wav, s1_wav, s2_wav):
+            yield read_audio(path, separator_rate)
+
+    dataset.add_dynamic_item(separator_signals)
+    keys = ["id", "mix_sig", "s1_sig", "s2_sig", "s1_spk", "s2_spk"]
+    if speaker_rate is not None:
+
+        @sb.utils.data_pipeline.takes("s1_wav", "s2_wav")
+        @sb.utils.data_pipeline.provides("s1_spk_sig", "s2_spk_sig")
+        def speaker_signals(s1_wav, s2_wav):
+            for path in (s1_wav, s2_wav):
+                yield read_audio(path, speaker_rate)
+
+        dataset.add_dynamic_item(speaker_signals)
+        keys += ["s1_spk_sig", "s2_spk_sig"]
+    dataset.set_output_keys(keys)
+    return dataset.filtered_sorted(sort_key="duration", reverse=True), corpus_rate
+
+
+def mixture_speakers(hparams):
+    """Every speaker appearing in the test mixtures."""
+    rows = read_csv(hparams["test_csv"], MIXTURE_COLUMNS)
+    return {r["s1_spk"] for r in rows} | {r["s2_spk"] for r in rows}
+
+
+def enrolment_signals(hparams, model):
+    """Clean enrolment utterances (speaker -> signals at the speaker model's rate) of the speakers
+    in the test mixtures, from ``enrol_csv`` (default: the speaker experiment's
+    ``iden_enrol.csv``). Mixture speakers without enrolment are logged; their outputs can't be
+    identified by embedding and are excluded from that accuracy (and counted)."""
+    csv_path = hparams["enrol_csv"] or model.enrol_csv
+    root = hparams["enrol_data_folder"] or model.data_folder
+    wanted = mixture_speakers(hparams)
+    signals = {}
+    for row in read_csv(csv_path, UTTERANCE_COLUMNS):
+        if row["spk_id"] in wanted:
+            wav = row["wav"].replace("$data_root", str(root))
+            signals.setdefault(row["spk_id"], []).append(read_audio(wav, model.sample_rate))
+    missing = sorted(wanted - set(signals))
+    if missing:
+        logger.warning(
+            "%d mixture speaker(s) have no enrolment in %s (e.g. %s)",
+            len(missing),
+            csv_path,
+            missing[:5],
+        )
+    if len(signals) < 2:
+        raise ValueError(
+            f"Enrolment manifest {csv_path} covers {len(signals)} of the mixture speakers; "
+            "identification needs at least two. Pass --enrol_csv with utterances of the mixture "
+            "speakers (e.g. the iden_enrol.csv of their data prep)."
+        )
+    return signals
