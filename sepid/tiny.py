@@ -50,18 +50,18 @@ Encoder: !new:speechbrain.lobes.models.dual_path.Encoder
     out_channels: !ref <N_encoder_out>
 
 SBtfintra: !new:speechbrain.lobes.models.dual_path.SBTransformerBlock
-    num_layers: 1
+    num_layers: {layers}
     d_model: !ref <N_encoder_out>
-    nhead: 2
+    nhead: {nhead}
     d_ffn: {ffn}
     dropout: 0
     use_positional_encoding: True
     norm_before: True
 
 SBtfinter: !new:speechbrain.lobes.models.dual_path.SBTransformerBlock
-    num_layers: 1
+    num_layers: {layers}
     d_model: !ref <N_encoder_out>
-    nhead: 2
+    nhead: {nhead}
     d_ffn: {ffn}
     dropout: 0
     use_positional_encoding: True
@@ -71,8 +71,8 @@ MaskNet: !new:speechbrain.lobes.models.dual_path.Dual_Path_Model
     num_spks: !ref <num_spks>
     in_channels: !ref <N_encoder_out>
     out_channels: !ref <N_encoder_out>
-    num_layers: 1
-    K: 50
+    num_layers: {blocks}
+    K: {chunk}
     intra_model: !ref <SBtfintra>
     inter_model: !ref <SBtfinter>
     norm: ln
@@ -99,17 +99,23 @@ pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
 """
 
 
-def save_tiny_sepformer(folder, sample_rate=8000, channels=16, ffn=32, seed=0):
-    """Writes a tiny random SepFormer in the layout of ``speechbrain/sepformer-whamr``
+TINY_SEPFORMER = dict(channels=16, ffn=32, layers=1, nhead=2, blocks=1, chunk=50)
+# speechbrain/sepformer-whamr's sizes (26 M parameters), for timing the real architecture.
+SEPFORMER_WHAMR_SIZE = dict(channels=256, ffn=1024, layers=8, nhead=8, blocks=2, chunk=250)
+
+
+def save_tiny_sepformer(folder, sample_rate=8000, seed=0, **sizes):
+    """Writes a random SepFormer in the layout of ``speechbrain/sepformer-whamr``
     (``hyperparams.yaml`` + ``encoder.ckpt``, ``masknet.ckpt``, ``decoder.ckpt``) to ``folder``
-    unless it is there; ``SepformerSeparation.from_hparams(source=folder)`` loads it."""
+    unless it is there; ``SepformerSeparation.from_hparams(source=folder)`` loads it. Tiny by
+    default; ``**SEPFORMER_WHAMR_SIZE`` gives the real model's sizes."""
     from hyperpyyaml import load_hyperpyyaml
 
     folder = Path(folder)
     if (folder / "hyperparams.yaml").is_file():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    text = TINY_SEPFORMER_YAML.format(sample_rate=sample_rate, channels=channels, ffn=ffn)
+    text = TINY_SEPFORMER_YAML.format(sample_rate=sample_rate, **{**TINY_SEPFORMER, **sizes})
     torch.manual_seed(seed)
     hparams = load_hyperpyyaml(text)
     for name, module in hparams["modules"].items():

@@ -107,6 +107,9 @@ class WavLMSpeakerEncoder(nn.Module):
         self.source = str(source)
         self.backbone = WavLMModel.from_pretrained(self.source, cache_dir=cache_dir)
         self.backbone.requires_grad_(False)
+        # Also tells HF's feature encoder it is frozen; otherwise it sets requires_grad on its
+        # input, which fails when the input comes from another network (the joint recipe).
+        self.backbone.freeze_feature_encoder()
         # SpecAugment-style masking inside WavLM is for pre-training, not for embedding.
         self.backbone.config.apply_spec_augment = False
         self.normalize_waveform = normalize_waveform

@@ -4,38 +4,21 @@ by the real speaker recipe."""
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from data_prep.make_mixtures import make_mixtures
+from tests.helpers import run_script
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "tests/samples/librispeech-mini/test-other"
 
 
-def run(cmd):
-    proc = subprocess.run(
-        [sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}"
-    return proc.stdout + proc.stderr
-
-
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
+def evaluated(tmp_path_factory, speaker_experiment):
     work = tmp_path_factory.mktemp("separation")
-    speaker = work / "speaker"
-    run(
-        [
-            "recipes/speaker/train.py",
-            "hparams/demo/wavlm-lora-arcface.yaml",
-            f"--output_folder={speaker}",
-            "--number_of_epochs=1",
-        ]
-    )
+    speaker = speaker_experiment
     # Held-out utterances of the speaker model's training speakers, at the corpus's 16 kHz: the
     # 8 kHz separator gets resampled input.
     mixtures = work / "mix"
@@ -47,7 +30,7 @@ def evaluated(tmp_path_factory):
         split_speakers={"train": 0, "valid": 0, "test": 5},
     )
     out = work / "eval"
-    log = run(
+    log = run_script(
         [
             "recipes/separation/evaluate.py",
             "hparams/demo/separation-eval.yaml",

@@ -4,21 +4,18 @@ random WavLM (saved to a folder and loaded with from_pretrained), as a user runs
 import csv
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import run_script
 
 ROOT = Path(__file__).resolve().parents[2]
 YAML = "hparams/demo/wavlm-lora-arcface.yaml"
 
 
 def run(script, output_folder, *extra):
-    cmd = [sys.executable, script, YAML, f"--output_folder={output_folder}", *extra]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stderr[-4000:]}"
-    return proc.stdout + proc.stderr
+    return run_script([script, YAML, f"--output_folder={output_folder}", *extra])
 
 
 def train_losses(log_file):
@@ -66,7 +63,9 @@ def test_rerun_resumes_from_checkpoint(trained):
 
 def test_evaluate_pretrained_and_finetuned_on_unseen_speakers(trained):
     out, _ = trained
-    log = run("recipes/speaker/evaluate.py", out)
+    # AS-norm with the training utterances as cohort (speakers disjoint from the trials)
+    cohort = f"--cohort_csv={out / 'prep' / 'train.csv'}"
+    log = run("recipes/speaker/evaluate.py", out, cohort)
     ev = out / "eval"
     result = json.loads((ev / "metrics.json").read_text())
     assert "evaluate.py" in result["command"]
@@ -75,6 +74,7 @@ def test_evaluate_pretrained_and_finetuned_on_unseen_speakers(trained):
         report = result["models"][model]
         veri = report["verification"]["cosine"]
         assert 0.0 <= veri["eer"] <= 1.0 and veri["n_target"] == veri["n_nontarget"] > 0
+        assert report["verification"]["asnorm"]["n_target"] == veri["n_target"]
         assert "min_dcf@0.01" in veri and "tar@far=0.01" in veri
         assert report["identification_eval_speakers"]["embedding"]["n_speakers"] == 5
         assert (ev / f"det_verification_{model}_cosine.png").stat().st_size > 0
@@ -83,7 +83,7 @@ def test_evaluate_pretrained_and_finetuned_on_unseen_speakers(trained):
         rows = list(csv.DictReader(f))
     n_trials = veri["n_target"] + veri["n_nontarget"]
     assert len(rows) == n_trials
-    assert {"pretrained_cosine", "finetuned_cosine"} <= set(rows[0])
+    assert {"pretrained_cosine", "finetuned_cosine", "finetuned_asnorm"} <= set(rows[0])
     # Evaluation speakers are disjoint from the training ones.
     with open(out / "prep_eval" / "veri_utts.csv") as f:
         assert not {r["spk_id"] for r in csv.DictReader(f)} & {
@@ -97,6 +97,6 @@ def test_evaluate_pretrained_and_finetuned_on_unseen_speakers(trained):
     assert len(first) == 2 and all(a == b for a, b in first), first
 
     # A rerun embeds nothing again: the cache is keyed by model.
-    log = run("recipes/speaker/evaluate.py", out)
+    log = run("recipes/speaker/evaluate.py", out, cohort)
     again = re.findall(r"(\d+) utterances, (\d+) cached, 0 to embed", log)
     assert len(again) == 2 and all(a == b for a, b in again), again

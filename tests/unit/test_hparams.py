@@ -48,7 +48,7 @@ def test_there_are_yamls():
 
 
 @pytest.mark.parametrize("yaml_path", YAMLS, ids=lambda p: str(p.relative_to(ROOT)))
-def test_yaml_loads(yaml_path, tmp_path):
+def test_yaml_loads(yaml_path, tmp_path, request):
     keys = top_level_keys(yaml_path)
     overrides = {"output_folder": str(tmp_path / "out")}
     if "data_folder" in keys:
@@ -56,6 +56,9 @@ def test_yaml_loads(yaml_path, tmp_path):
     if "wavlm_source" in keys:
         # No hub here: the tiny model stands in for microsoft/wavlm-base-plus.
         overrides["wavlm_source"] = str(save_tiny_wavlm(tmp_path / "tiny-wavlm"))
+    if "speaker_model" in keys:
+        # a trained speaker experiment (session fixture), as the joint/separation YAMLs expect
+        overrides["speaker_model"] = str(request.getfixturevalue("speaker_experiment"))
     with open(yaml_path) as f:
         hparams = load_hyperpyyaml(f, overrides)
     assert hparams["output_folder"] == str(tmp_path / "out")

@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""Trains a SepFormer separator and a WavLM + LoRA + ArcFace speaker branch together.
+
+The objective is permutation-invariant SI-SNR over the two sources plus a weighted ArcFace speaker
+loss on each separated output, whose label is the speaker of the reference source that the SAME
+permutation assigned to it. Nothing is detached between the separator and the speaker branch, so
+the speaker loss reaches the separator. Mixtures are drawn on the fly (dynamic mixing) with the
+same speed perturbation applied to both sources before mixing. Gradient accumulation, clipping,
+mixed precision and skipping of non-finite losses are the Brain's own
+(``grad_accumulation_factor``, ``max_grad_norm``, ``precision``, ``nonfinite_patience``).
+
+To run::
+
+    python recipes/joint/train.py hparams/sepformer-wavlm-speaker.yaml \\
+        --data_folder /data/voxceleb2 --speaker_model results/wavlm-lora-arcface/1986
+
+Methods: SepFormer (Subakan et al., ICASSP 2021), permutation-invariant training (Kolbaek et al.,
+2017), SI-SNR (Le Roux et al., 2019), WavLM (Chen et al., 2022), LoRA (Hu et al., 2022), ArcFace
+(Deng et al., 2019).
+"""
+
+import sys
+
+import speechbrain as sb
+import torch
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.utils.distributed import run_on_main
+from speechbrain.utils.logger import get_logger
+
+from sepid.distributed import global_mean
+from sepid.mixtures import DynamicMixingDataset, mixture_collate
+from sepid.models.joint import output_labels, pit_si_snr_loss, separate_with_modules
+from sepid.models.speaker import log_trainable_parameters
+
+logger = get_logger(__name__)
+
+
+class JointBrain(sb.Brain):
+    """SepFormer + speaker branch, trained with PIT SI-SNR + permutation-aligned speaker loss."""
+
+    def compute_forward(self, batch, stage):
+        batch = batch.to(self.device)
+        sources = torch.stack([batch.s1_sig.data, batch.s2_sig.data], dim=-1)  # [B, T, 2]
+        if stage == sb.Stage.TRAIN and self.hparams.speed_perturb:
+            # One speed per call: both sources of every mixture get the same perturbation.
+            b = sources.shape[0]
+            stacked = self.hparams.speed_perturber(torch.cat([sources[..., 0], sources[..., 1]]))
+            sources = torch.stack([stacked[:b], stacked[b:]], dim=-1)
+        mix = sources.sum(-1)
+        estimates = separate_with_modules(
+            self.modules.separator_encoder,
+            self.modules.masknet,
+            self.modules.separator_decoder,
+            mix,
+            self.hparams.num_spks,
+        )
+        # Each output at the speaker model's rate; no detach: the speaker loss reaches the separator.
+        outputs = self.hparams.resampler(estimates.transpose(1, 2).reshape(-1, estimates.shape[1]))
+        embeddings = self.modules.speaker_encoder(outputs)
+        logits = self.modules.classifier(embeddings.unsqueeze(1))  # [B * n, 1, C]
+        return {"estimates": estimates, "sources": sources, "mix": mix, "logits": logits}
+
+    def compute_objectives(self, predictions, batch, stage):
+        sources, estimates = predictions["sources"], predictions["estimates"]
+        si_snr_loss, assigned = pit_si_snr_loss(sources, estimates)
+        # Classes as the speaker branch's label encoder names them (not the mixtures' indices).
+        encode = self.hparams.speaker.label_encoder.encode_label
+        classes = torch.tensor(
+            [[encode(a), encode(b)] for a, b in zip(batch.s1_spk, batch.s2_spk, strict=True)],
+            device=self.device,
+        )
+        labels = output_labels(assigned, classes).reshape(-1, 1)  # follows the SI-SNR permutation
+        speaker_loss = self.hparams.speaker_cost(predictions["logits"], labels)
+        keep = torch.isfinite(si_snr_loss)
+        if self.hparams.threshold_byloss:
+            keep &= si_snr_loss > self.hparams.loss_lower_lim
+        self.n_dropped += int((~keep).sum())
+        # No example left: a NaN loss, which the Brain's non-finite check skips and counts.
+        si_snr = si_snr_loss[keep].mean() if keep.any() else si_snr_loss.sum() * float("nan")
+        loss = (
+            self.hparams.si_snr_loss_weight * si_snr
+            + self.hparams.speaker_loss_weight * speaker_loss
+        )
+        if stage != sb.Stage.TRAIN:
+            mix_si_snr, _ = pit_si_snr_loss(
+                sources, predictions["mix"].unsqueeze(-1).repeat(1, 1, sources.shape[-1])
+            )
+            self.si_snri.extend((mix_si_snr - si_snr_loss).tolist())
+            predicted = predictions["logits"].squeeze(1).argmax(-1, keepdim=True)
+            self.correct.extend((predicted == labels).flatten().tolist())
+        return loss
+
+    def on_stage_start(self, stage, epoch=None):
+        self.n_dropped = 0
+        self.si_snri, self.correct = [], []
+        if stage == sb.Stage.TRAIN and epoch is not None:
+            self.train_set.set_epoch(epoch)
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage == sb.Stage.TRAIN:
+            self.train_stats = {"loss": stage_loss, "dropped_examples": self.n_dropped}
+            return
+        n = len(self.si_snri)
+        stats = {
+            "loss": global_mean(stage_loss, n),
+            "si_snri": global_mean(sum(self.si_snri) / max(n, 1), n),
+            "speaker_accuracy": global_mean(
+                sum(self.correct) / max(len(self.correct), 1), len(self.correct)
+            ),
+        }
+        if stage == sb.Stage.VALID:
+            old_lr, new_lr = self.hparams.lr_scheduler([self.optimizer], epoch, stats["loss"])
+            self.hparams.train_logger.log_stats(
+                stats_meta={
+                    "epoch": epoch,
+                    "lr": old_lr,
+                    "nonfinite_skipped": self.nonfinite_count,
+                },
+                train_stats=self.train_stats,
+                valid_stats=stats,
+            )
+            self.checkpointer.save_and_keep_only(
+                meta={"si_snri": stats["si_snri"]}, max_keys=["si_snri"], num_to_keep=2
+            )
+
+
+def mixture_datasets(hparams):
+    """Dynamic-mixing train set (new mixtures each epoch) and a fixed valid set drawn from
+    held-out utterances of the same speakers."""
+    common = dict(
+        split_speakers={"train": hparams["train_speakers"], "valid": 0, "test": 0},
+        valid_utt_fraction=hparams["valid_utt_fraction"],
+        sample_rate=hparams["sample_rate"],
+        gain_db_range=tuple(hparams["gain_db_range"]),
+        min_duration=hparams["min_duration"],
+        seed=hparams["seed"],
+    )
+    manifest, root = hparams["speaker_manifest"], hparams["data_folder"]
+    train = DynamicMixingDataset.for_split(
+        "train",
+        manifest,
+        root,
+        hparams["n_train_mixtures"],
+        segment_seconds=hparams["segment_seconds"],
+        **common,
+    )
+    valid = DynamicMixingDataset.for_split(
+        "valid",
+        manifest,
+        root,
+        hparams["n_valid_mixtures"],
+        segment_seconds=hparams["valid_segment_seconds"],
+        **common,
+    )
+    return train, valid
+
+
+def check_speaker_classes(train_set, label_encoder):
+    """The speaker branch names classes through its own label encoder: every mixture speaker
+    must be one of its classes."""
+    unknown = sorted(set(train_set.speakers) - set(label_encoder.lab2ind))
+    if unknown:
+        raise ValueError(
+            f"Mixture speakers {unknown[:5]} are not classes of the speaker model; train the "
+            "speaker model on a superset of train_speakers."
+        )
+
+
+if __name__ == "__main__":
+    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
+    sb.utils.distributed.ddp_init_group(run_opts)
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
+    run_on_main(hparams["pretrainer"].collect_files)
+    hparams["pretrainer"].load_collected()
+
+    train_set, valid_set = mixture_datasets(hparams)
+    label_encoder = hparams["speaker"].label_encoder
+    check_speaker_classes(train_set, label_encoder)
+
+    if hparams["freeze_separator"]:
+        for name in ("separator_encoder", "masknet", "separator_decoder"):
+            hparams["modules"][name].requires_grad_(False)
+    if hparams["freeze_speaker"]:
+        for name in ("speaker_encoder", "classifier"):
+            hparams["modules"][name].requires_grad_(False)
+
+    brain = JointBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.train_set = train_set
+    log_trainable_parameters(brain.modules)
+    loader = dict(collate_fn=mixture_collate)
+    brain.fit(
+        brain.hparams.epoch_counter,
+        train_set,
+        valid_set,
+        train_loader_kwargs={**hparams["train_dataloader_opts"], **loader},
+        valid_loader_kwargs={**hparams["valid_dataloader_opts"], **loader},
+    )

@@ -1,0 +1,105 @@
+"""The joint recipe: a tiny SepFormer (saved in sepformer-whamr's layout, loaded by the
+Pretrainer) + a tiny speaker model trained by the real speaker recipe, trained together by the
+real recipes/joint/train.py on dynamic mixtures of the LibriSpeech sample."""
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+import speechbrain as sb
+from hyperpyyaml import load_hyperpyyaml
+
+from sepid.mixtures import mixture_collate
+from tests.helpers import run_script
+
+ROOT = Path(__file__).resolve().parents[2]
+YAML = ROOT / "hparams/demo/sepformer-wavlm-speaker.yaml"
+SEPARATOR = ("separator_encoder", "masknet", "separator_decoder")
+
+
+def train_losses(log_file):
+    return [float(x) for x in re.findall(r"train loss: ([0-9.e+-]+)", log_file.read_text())]
+
+
+@pytest.fixture
+def speaker_model(speaker_experiment):
+    return speaker_experiment
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("joint_train", ROOT / "recipes/joint/train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def joint_brain(speaker_model, output_folder, **overrides):
+    recipe = load_recipe()
+    with open(YAML) as f:
+        hparams = load_hyperpyyaml(
+            f,
+            {"output_folder": str(output_folder), "speaker_model": str(speaker_model), **overrides},
+        )
+    hparams["pretrainer"].collect_files()
+    hparams["pretrainer"].load_collected()
+    train_set, _ = recipe.mixture_datasets(hparams)
+    brain = recipe.JointBrain(
+        modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams
+    )
+    batch = mixture_collate([train_set[0], train_set[1]])
+    return brain, batch
+
+
+def test_speaker_loss_alone_reaches_the_separator(speaker_model, tmp_path):
+    brain, batch = joint_brain(speaker_model, tmp_path, si_snr_loss_weight=0.0, speed_perturb=False)
+    brain.on_stage_start(sb.Stage.VALID)
+    loss = brain.compute_objectives(
+        brain.compute_forward(batch, sb.Stage.VALID), batch, sb.Stage.VALID
+    )
+    loss.backward()
+    for name in SEPARATOR:
+        grads = [p.grad for p in brain.modules[name].parameters() if p.requires_grad]
+        assert grads and any(g is not None and g.abs().sum() > 0 for g in grads), name
+    # ... and, LoRA being real, into the speaker branch's adapters
+    lora = [p for n, p in brain.modules.speaker_encoder.named_parameters() if ".lora_B" in n]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)
+
+
+def test_si_snr_loss_alone_does_not_train_the_speaker_branch(speaker_model, tmp_path):
+    brain, batch = joint_brain(
+        speaker_model, tmp_path, speaker_loss_weight=0.0, speed_perturb=False
+    )
+    brain.on_stage_start(sb.Stage.VALID)
+    loss = brain.compute_objectives(
+        brain.compute_forward(batch, sb.Stage.VALID), batch, sb.Stage.VALID
+    )
+    loss.backward()
+    classifier = brain.modules.classifier.weight.grad
+    assert classifier is None or classifier.abs().sum() == 0
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in brain.modules.masknet.parameters()
+    )
+
+
+def test_train_two_epochs_then_resume(speaker_model, tmp_path):
+    args = [
+        "recipes/joint/train.py",
+        str(YAML.relative_to(ROOT)),
+        f"--output_folder={tmp_path}",
+        f"--speaker_model={speaker_model}",
+    ]
+    log = run_script([*args, "--number_of_epochs=2"])
+    assert "Going into epoch 2" in log
+    losses = train_losses(tmp_path / "train_log.txt")
+    assert len(losses) == 2 and losses[1] < losses[0], losses
+    log_text = (tmp_path / "train_log.txt").read_text()
+    assert "valid si_snri" in log_text and "valid speaker_accuracy" in log_text
+    ckpts = sorted((tmp_path / "save").glob("CKPT+*"))
+    for name in ("masknet.ckpt", "speaker_encoder.ckpt", "classifier.ckpt", "counter.ckpt"):
+        assert (ckpts[-1] / name).is_file(), name
+    # rerunning the same command with one more epoch continues at epoch 3
+    log = run_script([*args, "--number_of_epochs=3"])
+    assert "Going into epoch 3" in log
+    assert "Going into epoch 1" not in log and "Going into epoch 2" not in log
+    assert len(train_losses(tmp_path / "train_log.txt")) == 3
