@@ -14,16 +14,14 @@ from sepid.separation import MIXTURE_COLUMNS
 logger = logging.getLogger(__name__)
 
 
-def mixture_dataset(hparams, separator_rate, speaker_rate=None):
-    """The test mixtures (``test_csv`` under ``data_folder``), longest first; returns the dataset
-    and the corpus's sample rate. ``mix_sig``, ``s1_sig``, ``s2_sig`` are at ``separator_rate``
+def mixture_dataset(test_csv, data_root, separator_rate, speaker_rate=None):
+    """The mixtures of ``test_csv`` (``$data_root`` = ``data_root``), longest first; returns the
+    dataset and the corpus's sample rate. ``mix_sig``, ``s1_sig``, ``s2_sig`` are at ``separator_rate``
     (resampled once, here); ``s1_spk_sig``, ``s2_spk_sig`` at ``speaker_rate`` when given."""
-    read_csv(hparams["test_csv"], MIXTURE_COLUMNS)
-    dataset = DynamicItemDataset.from_csv(
-        hparams["test_csv"], replacements={"data_root": str(hparams["data_folder"])}
-    )
+    read_csv(test_csv, MIXTURE_COLUMNS)
+    dataset = DynamicItemDataset.from_csv(test_csv, replacements={"data_root": str(data_root)})
     if len(dataset) == 0:
-        raise ValueError(f"{hparams['test_csv']} lists no mixture; rerun make_mixtures.py.")
+        raise ValueError(f"{test_csv} lists no mixture; rerun make_mixtures.py.")
     first = dataset.data[dataset.data_ids[0]]["mix_wav"]
     corpus_rate = audio_info(first)[1]
 
@@ -83,3 +81,17 @@ def enrolment_signals(hparams, model):
             "speakers (e.g. the iden_enrol.csv of their data prep)."
         )
     return signals
+
+
+def log_rates(corpus_rate, separator_rate, separator):
+    """States, once, at which rate the mixtures are and at which every metric is computed."""
+    if corpus_rate != separator_rate:
+        logger.info(
+            "Mixtures are at %d Hz and %s runs at %d Hz: mixtures and references are resampled "
+            "once to %d Hz; every separation metric is at %d Hz.",
+            corpus_rate,
+            separator,
+            separator_rate,
+            separator_rate,
+            separator_rate,
+        )

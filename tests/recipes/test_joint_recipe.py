@@ -3,6 +3,7 @@ Pretrainer) + a tiny speaker model trained by the real speaker recipe, trained t
 real recipes/joint/train.py on dynamic mixtures of the LibriSpeech sample."""
 
 import importlib.util
+import json
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 
+from data_prep.make_mixtures import make_mixtures
 from sepid.mixtures import mixture_collate
 from tests.helpers import run_script
 
@@ -82,7 +84,7 @@ def test_si_snr_loss_alone_does_not_train_the_speaker_branch(speaker_model, tmp_
     )
 
 
-def test_train_two_epochs_then_resume(speaker_model, tmp_path):
+def test_train_two_epochs_resume_and_evaluate(speaker_model, tmp_path):
     args = [
         "recipes/joint/train.py",
         str(YAML.relative_to(ROOT)),
@@ -103,3 +105,29 @@ def test_train_two_epochs_then_resume(speaker_model, tmp_path):
     assert "Going into epoch 3" in log
     assert "Going into epoch 1" not in log and "Going into epoch 2" not in log
     assert len(train_losses(tmp_path / "train_log.txt")) == 3
+
+    # the comparison: pretrained separator + speaker model against the joint model
+    mixtures = tmp_path / "mix"
+    make_mixtures(
+        Path(speaker_model) / "prep" / "iden_test.csv",
+        ROOT / "tests/samples/librispeech-mini/test-other",
+        mixtures,
+        n_mix={"train": 0, "valid": 0, "test": 3},
+        split_speakers={"train": 0, "valid": 0, "test": 5},
+        sample_rate=8000,
+    )
+    run_script(
+        [
+            "recipes/joint/evaluate.py",
+            *args[1:],
+            "--number_of_epochs=3",
+            f"--mixture_folder={mixtures}",
+        ]
+    )
+    result = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(result["systems"]) == {"pretrained separator", "joint model"}
+    joint = result["systems"]["joint model"]
+    assert joint["n_mixtures"] == 3 and joint["separation"]["si_sdri"]["n"] == 3
+    assert set(joint["speaker_identification"]) == {"joint"}
+    assert "classifier" in joint["speaker_identification"]["joint"]["separated"]
+    assert "| joint model |" in (tmp_path / "eval" / "results.md").read_text()

@@ -1,0 +1,172 @@
+"""The separation evaluation, shared by ``recipes/separation/evaluate.py`` (a pretrained
+separator) and ``recipes/joint/evaluate.py`` (the pretrained separator against the joint model):
+a Brain that separates each mixture and identifies the speaker of each output, then scores
+everything at the end, metrics on both cores."""
+
+from pathlib import Path
+
+import numpy as np
+import speechbrain as sb
+import torch
+from speechbrain.utils.distributed import if_main_process
+
+from sepid.audio import resample
+from sepid.distributed import gather_objects
+from sepid.metrics.separation import evaluate_many
+from sepid.separation import accuracy, assigned_labels, separate, write_separation_outputs
+
+
+class SeparationEvalBrain(sb.Brain):
+    """Separates each mixture (``compute_forward``), collects what the metrics need
+    (``compute_objectives``) and scores everything at the end (``on_stage_end``)."""
+
+    def compute_forward(self, batch, stage):
+        batch = batch.to(self.device)
+        mix, _ = batch.mix_sig
+        chunk = self.hparams.separation_chunk_seconds
+        overlap = self.hparams.separation_overlap_seconds
+        rate = self.separator_rate
+        with torch.no_grad():
+            return separate(
+                self.separate_batch,
+                mix[:1],
+                None if chunk is None else int(chunk * rate),
+                int(overlap * rate),
+            )
+
+    def compute_objectives(self, predictions, batch, stage):
+        mix = batch.mix_sig.data[0].cpu()
+        refs = torch.stack([batch.s1_sig.data[0], batch.s2_sig.data[0]]).cpu()
+        est = predictions.T.float().cpu()[:, : mix.shape[0]]
+        item = {
+            "ID": batch.id[0],
+            "estimates": est.numpy(),
+            "references": refs.numpy(),
+            "mixture": mix.numpy(),
+            "speakers": [batch.s1_spk[0], batch.s2_spk[0]],
+            "predictions": {},
+        }
+        if self.identifiers:
+            to_spk = self.speaker_rate
+            outputs = [resample(e, self.separator_rate, to_spk) for e in est]
+            clean = [batch.s1_spk_sig.data[0].cpu(), batch.s2_spk_sig.data[0].cpu()]
+            raw = [resample(mix, self.separator_rate, to_spk)]
+        for tag, identifier in self.identifiers.items():
+            item["predictions"][tag] = {
+                "separated": identifier.predict(outputs),
+                "clean": identifier.predict(clean),
+                "mixture": identifier.predict(raw),
+            }
+        self.items.append(item)
+        # Evaluation has no objective; the Brain's evaluate loop still averages a stage loss.
+        return torch.zeros((), device=self.device)
+
+    def configure(
+        self,
+        separate_batch,
+        separator_rate,
+        out_folder,
+        identifiers=None,
+        speaker_rate=None,
+        known_speakers=None,
+    ):
+        """What to evaluate: ``separate_batch`` (``mix [B, T] -> [B, T, n_src]`` at
+        ``separator_rate``), where to write, and the speaker identifiers (name -> identifier)
+        with the speakers each ``(name, method)`` can name at all."""
+        self.separate_batch = separate_batch
+        self.separator_rate = separator_rate
+        self.out_folder = Path(out_folder)
+        self.identifiers = identifiers or {}
+        self.speaker_rate = speaker_rate
+        self.known_speakers = known_speakers or {}
+        return self
+
+    def on_stage_start(self, stage, epoch=None):
+        self.items = []
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        items = [i for part in gather_objects(self.items) for i in part]
+        if not if_main_process():
+            return
+        self.report = score_items(
+            items, self.hparams, self.separator_rate, self.known_speakers, self.out_folder
+        )
+
+
+def score_items(items, hparams, sample_rate, known_speakers, out):
+    """Separation metrics (both cores), speaker accuracies with permutation-aligned labels, and
+    the same for the unprocessed mixture; writes the outputs and returns the report.
+    ``known_speakers[(model, method)]`` is the set of speakers that method can name at all
+    (enrolled speakers; the classifier's training speakers): outputs of other speakers are
+    excluded from its accuracy and counted."""
+    metric_args = dict(
+        sample_rate=sample_rate,
+        n_jobs=hparams.metric_jobs,
+        metrics=hparams.separation_metrics,
+        backend=hparams.bss_backend,
+    )
+    rows = evaluate_many(
+        [(i["estimates"], i["references"], i["mixture"]) for i in items], **metric_args
+    )
+    mixture_rows = evaluate_many(
+        [(np.stack([i["mixture"]] * 2), i["references"], i["mixture"]) for i in items],
+        **metric_args,
+    )
+    speaker = {}
+    for row, mrow, item in zip(rows, mixture_rows, items, strict=True):
+        row["ID"] = mrow["ID"] = item["ID"]
+        row["spk_s1"], row["spk_s2"] = item["speakers"]
+        # Output perm[i] was assigned to reference i: it carries reference i's speaker.
+        expected = {
+            "separated": assigned_labels(row["perm"], item["speakers"])
+            if row["perm"] is not None
+            else [None, None],
+            "clean": item["speakers"],
+            # The raw mixture stands in for both outputs: at most one of them can be right.
+            "mixture": item["speakers"],
+        }
+        for tag, by_condition in item["predictions"].items():
+            for condition, pred in by_condition.items():
+                predicted = {
+                    "embedding": pred.by_embedding * (2 if condition == "mixture" else 1),
+                    "classifier": pred.by_classifier * (2 if condition == "mixture" else 1),
+                }
+                for method, labels in predicted.items():
+                    key = (tag, condition, method)
+                    got, want = speaker.setdefault(key, ([], []))
+                    got.extend(labels)
+                    want.extend(expected[condition])
+                if condition == "separated":
+                    for j, label in enumerate(pred.by_embedding):
+                        row[f"pred_{tag}_emb_out{j + 1}"] = label
+    summary = write_separation_outputs(out, rows, sample_rate)
+    mixture_summary = write_separation_outputs(out / "mixture", mixture_rows, sample_rate)
+    speaker_report = {}
+    for (tag, condition, method), (got, want) in speaker.items():
+        if method == "classifier" and all(g is None for g in got):
+            continue
+        speaker_report.setdefault(tag, {}).setdefault(condition, {})[method] = accuracy(
+            got, want, known=known_speakers.get((tag, method))
+        )
+    return {
+        "sample_rate": sample_rate,
+        "n_mixtures": len(items),
+        "separation": summary,
+        "mixture": mixture_summary,
+        "speaker_identification": speaker_report,
+    }
+
+
+def speaker_identifiers(model, enrol, tags=("pretrained", "finetuned")):
+    """Identifiers for a speaker model: ``pretrained`` (the base model's mean-pooled states, no
+    classifier) and/or the model itself; and the speakers each ``(tag, method)`` can name."""
+    from sepid.separation import SpeakerIdentifier
+
+    identifiers, known = {}, {}
+    for tag in tags:
+        base = tag == "pretrained"
+        identifiers[tag] = SpeakerIdentifier(model, enrol, pretrained_only=base)
+        known[(tag, "embedding")] = set(enrol)
+        if not base:
+            known[(tag, "classifier")] = set(model.label_encoder.lab2ind)
+    return identifiers, known
