@@ -27,7 +27,6 @@ Example::
         --save_folder results/libri_mini
 """
 
-import argparse
 import collections
 import logging
 import os
@@ -41,6 +40,8 @@ from sepid.prep import (
     output_files,
     output_paths,
     parse_speakers_arg,
+    prep_arg_parser,
+    run_prep_cli,
     select_speakers,
     speakers_option,
 )
@@ -235,21 +236,10 @@ def prepare_folder(
 
 def main(argv=None):
     """Command-line entry point (see ``--help``)."""
-    parser = argparse.ArgumentParser(
-        description="Prepare speaker ID / verification manifests of a speaker-labelled folder."
+    parser = prep_arg_parser(
+        "Prepare speaker ID / verification manifests of a speaker-labelled folder.",
+        "<speaker>/**/<utt> or flat folder.",
     )
-    parser.add_argument("--data_folder", required=True, help="<speaker>/**/<utt> or flat folder.")
-    parser.add_argument("--save_folder", required=True, help="Where the manifests go.")
-    parser.add_argument(
-        "--speakers",
-        default="all",
-        type=parse_speakers_arg,
-        help="all | N (first N sorted) | id1,id2 | file with one ID per line",
-    )
-    parser.add_argument("--n_iden_enrol", type=int, default=3)
-    parser.add_argument("--n_iden_test", type=int, default=2)
-    parser.add_argument("--valid_ratio", type=float, default=0.1)
-    parser.add_argument("--min_duration", type=float, default=1.0)
     parser.add_argument("--n_trials", type=int, default=None)
     parser.add_argument("--trials_per_utterance", type=int, default=5)
     parser.add_argument(
@@ -258,20 +248,13 @@ def main(argv=None):
         type=parse_speakers_arg,
         help="speakers of the generated trial list (same forms as --speakers; none: no trials)",
     )
-    parser.add_argument("--skip_bad_files", action="store_true")
-    parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument(
         "--extensions",
         default=".wav,.flac",
         type=lambda v: tuple(e.strip() for e in v.split(",") if e.strip()),
         help="comma-separated audio extensions",
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    outputs = prepare_folder(**vars(args))
-    for key, path in outputs.items():
-        logger.info("%s: %s", key, path)
-    return outputs
+    return run_prep_cli(prepare_folder, parser, argv)
 
 
 if __name__ == "__main__":

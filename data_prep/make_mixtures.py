@@ -36,11 +36,17 @@ regenerate everything (logged). ``save_folder`` must be empty, absent, or writte
 refused, unless ``overwrite=True`` (``--overwrite``), which writes over files of the same names
 and deletes nothing else.
 
-Example (the reference system's protocol on VoxCeleb2's first 100 speakers)::
+Example (the reference system's protocol on VoxCeleb2's first 100 speakers): training mixtures
+of speakers 1-50 from the speaker recipe's training manifest, test mixtures of speakers 51-100
+from their held-out identification-test utterances (never trained on by the speaker model)::
 
     python data_prep/make_mixtures.py --manifest results/prep/train.csv \\
+        --data_folder /data/voxceleb2 --save_folder /data/mix_train \\
+        --n_train 1000 --n_valid 100 --n_test 0 --train_speakers 50 --test_speakers 0
+    python data_prep/make_mixtures.py --manifest results/prep/iden_test.csv \\
         --data_folder /data/voxceleb2 --save_folder /data/mix \\
-        --n_train 1000 --n_valid 100 --n_test 200 --train_speakers 50 --test_speakers 50
+        --n_train 0 --n_valid 0 --n_test 200 --train_speakers 50 --valid_speakers 0 \\
+        --test_speakers 50
 """
 
 import argparse

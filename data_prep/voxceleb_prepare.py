@@ -28,7 +28,6 @@ Example::
         --verification_file /data/voxceleb1/veri_test2.txt
 """
 
-import argparse
 import concurrent.futures
 import logging
 import os
@@ -45,8 +44,9 @@ from sepid.prep import (
     file_fingerprint,
     output_files,
     output_paths,
-    parse_speakers_arg,
+    prep_arg_parser,
     read_trial_file,
+    run_prep_cli,
     select_speakers,
     speakers_option,
 )
@@ -416,34 +416,16 @@ def prepare_voxceleb(
 
 def main(argv=None):
     """Command-line entry point (see ``--help``)."""
-    parser = argparse.ArgumentParser(
-        description="Prepare VoxCeleb1/2 manifests for speaker identification and verification."
-    )
-    parser.add_argument("--data_folder", required=True, help="VoxCeleb folder.")
-    parser.add_argument("--save_folder", required=True, help="Where the manifests go.")
-    parser.add_argument(
-        "--speakers",
-        default="all",
-        type=parse_speakers_arg,
-        help="all | N (first N sorted) | id1,id2 | file with one ID per line",
+    parser = prep_arg_parser(
+        "Prepare VoxCeleb1/2 manifests for speaker identification and verification.",
+        "VoxCeleb folder.",
     )
     parser.add_argument("--verification_file", default=None, help="label enrol test trial list")
-    parser.add_argument("--n_iden_enrol", type=int, default=3)
-    parser.add_argument("--n_iden_test", type=int, default=2)
-    parser.add_argument("--valid_ratio", type=float, default=0.1)
-    parser.add_argument("--min_duration", type=float, default=1.0)
-    parser.add_argument("--skip_bad_files", action="store_true")
-    parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument(
         "--no_convert_m4a", dest="convert_m4a", action="store_false", help="do not run ffmpeg"
     )
     parser.add_argument("--exclude_verification_speakers", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    outputs = prepare_voxceleb(**vars(args))
-    for key, path in outputs.items():
-        logger.info("%s: %s", key, path)
-    return outputs
+    return run_prep_cli(prepare_voxceleb, parser, argv)
 
 
 if __name__ == "__main__":

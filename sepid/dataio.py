@@ -98,7 +98,15 @@ def speaker_train_datasets(hparams):
     valid = load_manifest(hparams["valid_csv"], hparams["data_folder"])
     train.add_dynamic_item(random_crop_pipeline(hparams["sample_rate"], hparams["segment_seconds"]))
     valid.add_dynamic_item(full_pipeline(hparams["sample_rate"], hparams["max_valid_seconds"]))
-    encoder = speaker_label_encoder(f"{hparams['save_folder']}/label_encoder.txt", [train])
+    encoder_file = f"{hparams['save_folder']}/label_encoder.txt"
+    encoder = speaker_label_encoder(encoder_file, [train])
+    speakers = {row["spk_id"] for row in train.data.values()}
+    if set(encoder.lab2ind) != speakers:
+        raise ValueError(
+            f"{encoder_file} (written by an earlier run) names {len(encoder.lab2ind)} speakers but "
+            f"{hparams['train_csv']} has {len(speakers)} other ones: the data prep changed under "
+            "an existing experiment. Use a new --output_folder (or remove the old one)."
+        )
     unknown = sorted({row["spk_id"] for row in valid.data.values()} - set(encoder.lab2ind))
     if unknown:
         raise ValueError(

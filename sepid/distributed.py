@@ -26,3 +26,13 @@ def gather_objects(obj):
     gathered = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(gathered, obj)
     return gathered
+
+
+def shard(keys):
+    """This rank's share of ``keys`` (all of them without DDP). SpeechBrain 1.1 splits only the
+    training loader across ranks; evaluation sets are sharded here so that each item is
+    processed once and the gathered results hold each key once."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return list(keys)
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return list(keys)[rank::world]

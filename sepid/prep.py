@@ -50,6 +50,7 @@ in the log (not an error). Files that are not 16 kHz mono are kept (recipes down
 through :func:`sepid.audio.read_audio`), with a note in the log.
 """
 
+import argparse
 import collections
 import concurrent.futures
 import hashlib
@@ -701,3 +702,34 @@ def build_manifests(
     write_bad_files(save_folder, list(bad) + scan.bad)
     save_prep_options(save_folder, options)
     return output_paths(save_folder, make_trials is not None)
+
+
+def prep_arg_parser(description, data_folder_help):
+    """The command-line options every prep script shares (the ``prepare_*`` keyword arguments
+    of the same names); each script adds its own."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data_folder", required=True, help=data_folder_help)
+    parser.add_argument("--save_folder", required=True, help="Where the manifests go.")
+    parser.add_argument(
+        "--speakers",
+        default="all",
+        type=parse_speakers_arg,
+        help="all | N (first N sorted) | id1,id2 | file with one ID per line",
+    )
+    parser.add_argument("--n_iden_enrol", type=int, default=3)
+    parser.add_argument("--n_iden_test", type=int, default=2)
+    parser.add_argument("--valid_ratio", type=float, default=0.1)
+    parser.add_argument("--min_duration", type=float, default=1.0)
+    parser.add_argument("--skip_bad_files", action="store_true")
+    parser.add_argument("--seed", type=int, default=1234)
+    return parser
+
+
+def run_prep_cli(prepare, parser, argv=None):
+    """Parses ``argv``, runs ``prepare(**options)`` with INFO logging and logs its outputs."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    outputs = prepare(**vars(args))
+    for key, path in outputs.items():
+        logger.info("%s: %s", key, path)
+    return outputs

@@ -42,6 +42,8 @@ def load_separator(source, savedir, device="cpu"):
 def align_to(previous_tail, chunk_head):
     """The order of the chunk's sources that best matches the previous chunk on their overlap
     (two sources: keep or swap, by summed correlation)."""
+    if previous_tail.shape[1] != 2:
+        raise ValueError("Chunked separation supports two sources; don't chunk (chunk: null).")
     keep = sum(float(torch.dot(previous_tail[:, i], chunk_head[:, i])) for i in range(2))
     swap = sum(float(torch.dot(previous_tail[:, i], chunk_head[:, 1 - i])) for i in range(2))
     return [0, 1] if keep >= swap else [1, 0]

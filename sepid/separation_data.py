@@ -4,10 +4,12 @@ separator's rate, clean sources at the speaker model's rate, and enrolment utter
 import logging
 
 import speechbrain as sb
+import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 
 from sepid.audio import audio_info, read_audio
 from sepid.dataio import UTTERANCE_COLUMNS
+from sepid.distributed import shard
 from sepid.manifest import read_csv
 from sepid.separation import MIXTURE_COLUMNS
 
@@ -44,7 +46,11 @@ def mixture_dataset(test_csv, data_root, separator_rate, speaker_rate=None):
         dataset.add_dynamic_item(speaker_signals)
         keys += ["s1_spk_sig", "s2_spk_sig"]
     dataset.set_output_keys(keys)
-    return dataset.filtered_sorted(sort_key="duration", reverse=True), corpus_rate
+    mine = set(shard(dataset.data_ids))  # each rank evaluates its share (gathered at the end)
+    dataset = dataset.filtered_sorted(
+        key_test={"id": lambda k: k in mine}, sort_key="duration", reverse=True
+    )
+    return dataset, corpus_rate
 
 
 def mixture_speakers(hparams):
@@ -95,3 +101,33 @@ def log_rates(corpus_rate, separator_rate, separator):
             separator_rate,
             separator_rate,
         )
+
+
+def written_mixture_dataset(csv_path, data_root, sample_rate, segment_seconds=None, random=True):
+    """Written mixtures (``data_prep/make_mixtures.py``) for training: ``s1_sig``, ``s2_sig`` at
+    ``sample_rate``, cut to the same ``segment_seconds`` window (the maximum training signal
+    length; random for training, the start for validation, ``random=False``; the mixture is
+    their sum, formed in the recipe after augmentation), and the speakers ``s1_spk``,
+    ``s2_spk``."""
+    read_csv(csv_path, MIXTURE_COLUMNS)
+    dataset = DynamicItemDataset.from_csv(csv_path, replacements={"data_root": str(data_root)})
+    if len(dataset) == 0:
+        raise ValueError(f"{csv_path} lists no mixture; rerun make_mixtures.py.")
+    max_len = None if segment_seconds is None else int(segment_seconds * sample_rate)
+
+    @sb.utils.data_pipeline.takes("s1_wav", "s2_wav")
+    @sb.utils.data_pipeline.provides("s1_sig", "s2_sig")
+    def sources(s1_wav, s2_wav):
+        s1, s2 = read_audio(s1_wav, sample_rate), read_audio(s2_wav, sample_rate)
+        length = min(s1.shape[0], s2.shape[0])
+        start = 0
+        if max_len is not None and length > max_len:
+            if random:
+                start = int(torch.randint(0, length - max_len + 1, ()).item())
+            length = max_len
+        yield s1[start : start + length]
+        yield s2[start : start + length]
+
+    dataset.add_dynamic_item(sources)
+    dataset.set_output_keys(["id", "s1_sig", "s2_sig", "s1_spk", "s2_spk"])
+    return dataset

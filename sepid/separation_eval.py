@@ -23,6 +23,11 @@ class SeparationEvalBrain(sb.Brain):
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
         mix, _ = batch.mix_sig
+        if mix.shape[0] != 1:
+            raise ValueError(
+                "The separation evaluation takes one mixture per batch (padding would change what "
+                "the separator hears): set eval_dataloader_opts: batch_size: 1."
+            )
         chunk = self.hparams.separation_chunk_seconds
         overlap = self.hparams.separation_overlap_seconds
         rate = self.separator_rate

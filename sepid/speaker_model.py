@@ -48,7 +48,14 @@ def load_speaker_experiment(folder, min_key="error_rate", device="cpu"):
             "recipes/speaker/train.py (e.g. results/wavlm-lora-arcface/1986)."
         )
     with open(yaml_file, encoding="utf-8") as f:
-        hparams = load_hyperpyyaml(f)
+        # no reseeding of the caller's random generators by the experiment's own seed line
+        hparams = load_hyperpyyaml(f, {"__set_seed": None})
+    if Path(hparams["save_folder"]).resolve() != (folder / "save").resolve():
+        raise FileNotFoundError(
+            f"{yaml_file} keeps its checkpoints in {hparams['save_folder']}, not in "
+            f"{folder / 'save'}: run from the directory the speaker model was trained in (paths "
+            "in it are relative to it), or pass the folder the training wrote."
+        )
     label_file = Path(hparams["save_folder"]) / "label_encoder.txt"
     label_encoder = load_label_encoder(label_file)
     if label_encoder is None:

@@ -5,6 +5,8 @@ save it with ``save_pretrained`` and let callers load it through the same ``from
 ``from_hparams`` path that the real ``microsoft/wavlm-base-plus`` takes.
 """
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -25,16 +27,37 @@ TINY_WAVLM = dict(
 )
 
 
+def _build_once(folder, write, marker):
+    """Runs ``write(tmp_folder)`` and renames the result to ``folder``, unless ``folder`` already
+    holds a model (its ``marker`` file): an interrupted build leaves no half-written model that a
+    rerun would trust. The caller's random generators are left as they were."""
+    folder = Path(folder)
+    if (folder / marker).is_file():
+        return folder
+    if folder.is_dir() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder} exists and holds no model ({marker}); remove it first.")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    with torch.random.fork_rng():
+        write(tmp)
+    try:
+        tmp.rename(folder)  # onto an absent or empty folder
+    except OSError:  # built meanwhile by another process (e.g. another DDP rank): keep theirs
+        shutil.rmtree(tmp)
+        if not (folder / marker).is_file():
+            raise
+    return folder
+
+
 def save_tiny_wavlm(folder, seed=0, **overrides):
     """Writes a tiny random WavLM (same architecture as WavLM Base+, fewer and narrower layers,
     the same 320x frame rate) to ``folder`` unless it is already there; returns the folder."""
-    folder = Path(folder)
-    if (folder / "config.json").is_file():
-        return folder
-    torch.manual_seed(seed)
-    model = WavLMModel(WavLMConfig(**{**TINY_WAVLM, **overrides}))
-    model.save_pretrained(folder)
-    return folder
+
+    def write(tmp):
+        torch.manual_seed(seed)
+        WavLMModel(WavLMConfig(**{**TINY_WAVLM, **overrides})).save_pretrained(tmp)
+
+    return _build_once(folder, write, "config.json")
 
 
 # The structure of speechbrain/sepformer-whamr's hyperparams.yaml, with tiny sizes.
@@ -111,14 +134,13 @@ def save_tiny_sepformer(folder, sample_rate=8000, seed=0, **sizes):
     default; ``**SEPFORMER_WHAMR_SIZE`` gives the real model's sizes."""
     from hyperpyyaml import load_hyperpyyaml
 
-    folder = Path(folder)
-    if (folder / "hyperparams.yaml").is_file():
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
     text = TINY_SEPFORMER_YAML.format(sample_rate=sample_rate, **{**TINY_SEPFORMER, **sizes})
-    torch.manual_seed(seed)
-    hparams = load_hyperpyyaml(text)
-    for name, module in hparams["modules"].items():
-        torch.save(module.state_dict(), folder / f"{name}.ckpt")
-    (folder / "hyperparams.yaml").write_text(text)
-    return folder
+
+    def write(tmp):
+        torch.manual_seed(seed)
+        hparams = load_hyperpyyaml(text)
+        for name, module in hparams["modules"].items():
+            torch.save(module.state_dict(), tmp / f"{name}.ckpt")
+        (tmp / "hyperparams.yaml").write_text(text)
+
+    return _build_once(folder, write, "hyperparams.yaml")

@@ -21,12 +21,11 @@ from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
-import speechbrain as sb
 import torch
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
 
+from sepid.experiment import start_experiment
 from sepid.manifest import write_atomic
 from sepid.models.joint import separate_with_modules
 from sepid.separation import load_separator
@@ -39,19 +38,11 @@ logger = get_logger(__name__)
 SEPARATOR_MODULES = ("separator_encoder", "masknet", "separator_decoder")
 
 if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
-    sb.utils.distributed.ddp_init_group(run_opts)
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
+    hparams_file, run_opts, overrides, hparams = start_experiment(sys.argv[1:])
     if hparams["mixture_folder"] is None:
         raise ValueError(
             "Pass --mixture_folder: the test mixtures written by data_prep/make_mixtures.py."
         )
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
     device = run_opts.get("device", "cpu")
     # The joint model: its best checkpoint by validation SI-SNRi.
     checkpoint = hparams["checkpointer"].recover_if_possible(max_key="si_snri")
@@ -63,6 +54,11 @@ if __name__ == "__main__":
     rate = hparams["sample_rate"]
     # The baselines: the pretrained separator and the speaker recipe's own model, untouched.
     baseline = load_separator(hparams["separator_source"], hparams["separator_savedir"], device)
+    if int(baseline.hparams.sample_rate) != rate:
+        raise ValueError(
+            f"{hparams['separator_source']} runs at {baseline.hparams.sample_rate} Hz but "
+            f"sample_rate is {rate} in {hparams_file}: set sample_rate to the separator's rate."
+        )
     speaker_model = load_speaker_experiment(hparams["speaker_model"], device=device)
     enrol = enrolment_signals(hparams, speaker_model)
     joint_speaker = replace(

@@ -23,14 +23,15 @@ import sys
 
 import speechbrain as sb
 import torch
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 from speechbrain.utils.logger import get_logger
 
 from sepid.distributed import global_mean
+from sepid.experiment import start_experiment
 from sepid.mixtures import DynamicMixingDataset, mixture_collate
 from sepid.models.joint import output_labels, pit_si_snr_loss, separate_with_modules
 from sepid.models.speaker import log_trainable_parameters
+from sepid.separation_data import written_mixture_dataset
 
 logger = get_logger(__name__)
 
@@ -55,8 +56,11 @@ class JointBrain(sb.Brain):
             self.hparams.num_spks,
         )
         # Each output at the speaker model's rate; no detach: the speaker loss reaches the separator.
-        outputs = self.hparams.resampler(estimates.transpose(1, 2).reshape(-1, estimates.shape[1]))
-        embeddings = self.modules.speaker_encoder(outputs)
+        n_out = estimates.shape[-1]
+        outputs = self.modules.resampler(estimates.transpose(1, 2).reshape(-1, estimates.shape[1]))
+        # padded items: their relative length, the same for both outputs of a mixture
+        lengths = batch.s1_sig.lengths.to(self.device).repeat_interleave(n_out)
+        embeddings = self.modules.speaker_encoder(outputs, lengths)
         logits = self.modules.classifier(embeddings.unsqueeze(1))  # [B * n, 1, C]
         return {"estimates": estimates, "sources": sources, "mix": mix, "logits": logits}
 
@@ -71,12 +75,13 @@ class JointBrain(sb.Brain):
         )
         labels = output_labels(assigned, classes).reshape(-1, 1)  # follows the SI-SNR permutation
         speaker_loss = self.hparams.speaker_cost(predictions["logits"], labels)
-        keep = torch.isfinite(si_snr_loss)
-        if self.hparams.threshold_byloss:
-            keep &= si_snr_loss > self.hparams.loss_lower_lim
-        self.n_dropped += int((~keep).sum())
-        # No example left: a NaN loss, which the Brain's non-finite check skips and counts.
-        si_snr = si_snr_loss[keep].mean() if keep.any() else si_snr_loss.sum() * float("nan")
+        si_snr = si_snr_loss.mean()
+        if stage == sb.Stage.TRAIN and self.hparams.threshold_byloss:
+            # Training only (as SpeechBrain's SepFormer recipes): drop trivial examples. With
+            # none left the loss is NaN, which the Brain's non-finite check skips and counts.
+            keep = si_snr_loss > self.hparams.loss_lower_lim
+            self.n_dropped += int((~keep).sum())
+            si_snr = si_snr_loss[keep].mean() if keep.any() else si_snr_loss.sum() * float("nan")
         loss = (
             self.hparams.si_snr_loss_weight * si_snr
             + self.hparams.speaker_loss_weight * speaker_loss
@@ -93,8 +98,8 @@ class JointBrain(sb.Brain):
     def on_stage_start(self, stage, epoch=None):
         self.n_dropped = 0
         self.si_snri, self.correct = [], []
-        if stage == sb.Stage.TRAIN and epoch is not None:
-            self.train_set.set_epoch(epoch)
+        if stage == sb.Stage.TRAIN and isinstance(self.train_set, DynamicMixingDataset):
+            self.train_set.set_epoch(epoch)  # new mixtures every epoch
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage == sb.Stage.TRAIN:
@@ -126,7 +131,19 @@ class JointBrain(sb.Brain):
 
 def mixture_datasets(hparams):
     """Dynamic-mixing train set (new mixtures each epoch) and a fixed valid set drawn from
-    held-out utterances of the same speakers."""
+    held-out utterances of the same speakers; or, with ``train_mixture_folder``, the written
+    mixtures of ``data_prep/make_mixtures.py`` (its ``train.csv`` and ``valid.csv``)."""
+    folder = hparams["train_mixture_folder"]
+    if folder is not None:
+        rate = hparams["sample_rate"]
+        return (
+            written_mixture_dataset(
+                f"{folder}/train.csv", folder, rate, hparams["segment_seconds"]
+            ),
+            written_mixture_dataset(
+                f"{folder}/valid.csv", folder, rate, hparams["valid_segment_seconds"], random=False
+            ),
+        )
     common = dict(
         split_speakers={"train": hparams["train_speakers"], "valid": 0, "test": 0},
         valid_utt_fraction=hparams["valid_utt_fraction"],
@@ -155,10 +172,18 @@ def mixture_datasets(hparams):
     return train, valid
 
 
-def check_speaker_classes(train_set, label_encoder):
+def mixture_speakers(dataset):
+    """Every speaker of a mixture dataset (dynamic or written)."""
+    if isinstance(dataset, DynamicMixingDataset):
+        return set(dataset.speakers)
+    return {r[k] for r in dataset.data.values() for k in ("s1_spk", "s2_spk")}
+
+
+def check_speaker_classes(train_set, valid_set, label_encoder):
     """The speaker branch names classes through its own label encoder: every mixture speaker
     must be one of its classes."""
-    unknown = sorted(set(train_set.speakers) - set(label_encoder.lab2ind))
+    speakers = mixture_speakers(train_set) | mixture_speakers(valid_set)
+    unknown = sorted(speakers - set(label_encoder.lab2ind))
     if unknown:
         raise ValueError(
             f"Mixture speakers {unknown[:5]} are not classes of the speaker model; train the "
@@ -167,21 +192,13 @@ def check_speaker_classes(train_set, label_encoder):
 
 
 if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
-    sb.utils.distributed.ddp_init_group(run_opts)
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
+    hparams_file, run_opts, overrides, hparams = start_experiment(sys.argv[1:])
     run_on_main(hparams["pretrainer"].collect_files)
     hparams["pretrainer"].load_collected()
 
     train_set, valid_set = mixture_datasets(hparams)
     label_encoder = hparams["speaker"].label_encoder
-    check_speaker_classes(train_set, label_encoder)
+    check_speaker_classes(train_set, valid_set, label_encoder)
 
     if hparams["freeze_separator"]:
         for name in ("separator_encoder", "masknet", "separator_decoder"):
@@ -199,7 +216,8 @@ if __name__ == "__main__":
     )
     brain.train_set = train_set
     log_trainable_parameters(brain.modules)
-    loader = dict(collate_fn=mixture_collate)
+    # mixture_collate pads the dynamic items; SpeechBrain's default PaddedBatch the written ones
+    loader = dict(collate_fn=mixture_collate) if hparams["train_mixture_folder"] is None else {}
     brain.fit(
         brain.hparams.epoch_counter,
         train_set,

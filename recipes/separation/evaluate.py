@@ -15,8 +15,10 @@ bounds.
 
 To run::
 
-    python data_prep/make_mixtures.py --manifest results/prep/train.csv \\
-        --data_folder /data/voxceleb2 --save_folder /data/mix
+    python data_prep/make_mixtures.py \\
+        --manifest results/wavlm-lora-arcface/1986/prep/iden_test.csv \\
+        --data_folder /data/voxceleb2 --save_folder /data/mix --n_train 0 --n_valid 0 \\
+        --n_test 200 --train_speakers 50 --valid_speakers 0 --test_speakers 50
     python recipes/separation/evaluate.py hparams/separation-eval.yaml --data_folder /data/mix \\
         --speaker_model results/wavlm-lora-arcface/1986
 
@@ -28,11 +30,10 @@ import json
 import sys
 from pathlib import Path
 
-import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
 
+from sepid.experiment import start_experiment
 from sepid.manifest import write_atomic
 from sepid.separation import load_separator
 from sepid.separation_data import enrolment_signals, log_rates, mixture_dataset
@@ -44,15 +45,7 @@ logger = get_logger(__name__)
 
 
 if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
-    sb.utils.distributed.ddp_init_group(run_opts)
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
+    hparams_file, run_opts, overrides, hparams = start_experiment(sys.argv[1:])
     device = run_opts.get("device", "cpu")
     separator = load_separator(hparams["separator_source"], hparams["separator_savedir"], device)
     separator_rate = int(separator.hparams.sample_rate)

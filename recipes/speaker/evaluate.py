@@ -26,12 +26,12 @@ from pathlib import Path
 
 import speechbrain as sb
 import torch
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 
 from sepid.dataio import full_pipeline, load_label_encoder
-from sepid.distributed import gather_objects
+from sepid.distributed import gather_objects, shard
+from sepid.experiment import start_experiment
 from sepid.manifest import write_atomic
 from sepid.models.speaker import embed_in_chunks, set_classifier_outputs
 from sepid.scoring import EmbeddingTable
@@ -86,7 +86,7 @@ class EmbeddingBrain(sb.Brain):
         self.pretrained_only = pretrained_only
         cached = None
         if cache_path.is_file():
-            saved = torch.load(cache_path, weights_only=False)
+            saved = torch.load(cache_path, weights_only=True)
             if saved["fingerprint"] == fingerprint:
                 cached = EmbeddingTable(saved["ids"], saved["embeddings"])
         missing = [k for k in dataset.data_ids if cached is None or k not in cached]
@@ -99,7 +99,8 @@ class EmbeddingBrain(sb.Brain):
         )
         if not missing:
             return cached
-        todo = dataset.filtered_sorted(key_test={"id": lambda k: k in set(missing)})
+        mine = set(shard(missing))  # each rank embeds its share; gathered at stage end
+        todo = dataset.filtered_sorted(key_test={"id": lambda k: k in mine})
         todo.add_dynamic_item(full_pipeline(self.hparams.sample_rate))
         todo.set_output_keys(["id", "sig"])
         self.evaluate(todo, test_loader_kwargs=self.hparams.eval_dataloader_opts)
@@ -143,15 +144,7 @@ def evaluation_sets(hparams, label_encoder):
 
 
 if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
-    sb.utils.distributed.ddp_init_group(run_opts)
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
+    hparams_file, run_opts, overrides, hparams = start_experiment(sys.argv[1:])
     run_on_main(hparams["prepare_data"])
     if hparams["eval_data_folder"] is not None:
         run_on_main(hparams["prepare_eval_data"])
@@ -165,7 +158,7 @@ if __name__ == "__main__":
     label_encoder = load_label_encoder(f"{hparams['save_folder']}/label_encoder.txt")
     vsets, isets = evaluation_sets(hparams, label_encoder)
     cohort_rows = (
-        resolve_rows(hparams["cohort_csv"], hparams["eval_data_folder"])
+        resolve_rows(hparams["cohort_csv"], hparams["cohort_data_folder"] or hparams["data_folder"])
         if hparams["cohort_csv"]
         else []
     )
@@ -195,12 +188,16 @@ if __name__ == "__main__":
 
     out = Path(hparams["eval_folder"])
     report, trial_scores = {}, {v.name: {} for v in vsets}
+    # Everything the embeddings depend on besides the weights: a change re-embeds.
+    settings = "sr={sample_rate} chunk={eval_chunk_seconds} norm={normalize_waveform}".format(
+        **hparams
+    )
     for tag, pretrained_only in models.items():
         if pretrained_only:
-            fingerprint = f"pretrained:{hparams['wavlm_source']}"
+            fingerprint = f"pretrained:{hparams['wavlm_source']} {settings}"
         else:
             ckpt = hparams["checkpointer"].recover_if_possible(min_key="error_rate")
-            fingerprint = f"finetuned:{ckpt.path.resolve()}"
+            fingerprint = f"finetuned:{ckpt.path.resolve()} {settings}"
         brain.modules.eval()
         table = brain.embed(dataset, out / f"embeddings_{tag}.pt", fingerprint, pretrained_only)
         if not if_main_process():

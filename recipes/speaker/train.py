@@ -22,12 +22,12 @@ Methods: WavLM (Chen et al., 2022), LoRA (Hu et al., 2022), ArcFace / additive a
 import sys
 
 import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 from speechbrain.utils.logger import get_logger
 
 from sepid.dataio import speaker_train_datasets
 from sepid.distributed import global_mean
+from sepid.experiment import start_experiment
 from sepid.models.speaker import log_trainable_parameters, set_classifier_outputs
 
 logger = get_logger(__name__)
@@ -68,7 +68,8 @@ class SpeakerBrain(sb.Brain):
         if stage == sb.Stage.TRAIN:
             self.train_stats = {"loss": stage_loss}
             return
-        # Each rank saw its own shard of the validation set: reduce before choosing the best.
+        # Every rank logs and checkpoints on the same, reduced numbers (SpeechBrain 1.1 runs the
+        # whole validation set on each rank, so the reduction is an identity there today).
         n_items = len(self.error_metrics.ids)
         error = global_mean(self.error_metrics.summarize("average"), n_items)
         stats = {"loss": global_mean(stage_loss, n_items), "error_rate": error}
@@ -88,16 +89,8 @@ class SpeakerBrain(sb.Brain):
 
 
 if __name__ == "__main__":
-    hparams_file, run_opts, overrides = sb.parse_arguments(sys.argv[1:])
-    sb.utils.distributed.ddp_init_group(run_opts)
-    with open(hparams_file, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
+    hparams_file, run_opts, overrides, hparams = start_experiment(sys.argv[1:])
 
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
     run_on_main(hparams["prepare_data"])
     train_set, valid_set, label_encoder = speaker_train_datasets(hparams)
     if hparams["n_speakers"] == 0:

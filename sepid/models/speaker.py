@@ -112,6 +112,9 @@ class WavLMSpeakerEncoder(nn.Module):
         self.backbone.freeze_feature_encoder()
         # SpecAugment-style masking inside WavLM is for pre-training, not for embedding.
         self.backbone.config.apply_spec_augment = False
+        # ... and so is LayerDrop: a frozen backbone should be the same network in training and
+        # evaluation (and under DDP a skipped layer's LoRA would get no gradient).
+        self.backbone.config.layerdrop = 0.0
         self.normalize_waveform = normalize_waveform
         if lora_rank > 0:
             add_lora(

@@ -5,6 +5,9 @@ real recipes/joint/train.py on dynamic mixtures of the LibriSpeech sample."""
 import importlib.util
 import json
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,15 +87,42 @@ def test_si_snr_loss_alone_does_not_train_the_speaker_branch(speaker_model, tmp_
     )
 
 
-def test_train_two_epochs_resume_and_evaluate(speaker_model, tmp_path):
+def wait_for_first_checkpoint(proc, save_folder, timeout=300):
+    """Kills ``proc`` (SIGKILL, as a crash or a pre-empted job) once the first end-of-epoch
+    checkpoint is complete (SpeechBrain writes CKPT.yaml last)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if list(Path(save_folder).glob("CKPT+*/CKPT.yaml")):
+            proc.kill()
+            proc.wait()
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before it could be interrupted:\n{proc.stderr.read()}")
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("no checkpoint within the timeout")
+
+
+def test_interrupted_training_resumes_then_evaluate(speaker_model, tmp_path):
     args = [
         "recipes/joint/train.py",
         str(YAML.relative_to(ROOT)),
         f"--output_folder={tmp_path}",
         f"--speaker_model={speaker_model}",
+        "--number_of_epochs=2",
     ]
-    log = run_script([*args, "--number_of_epochs=2"])
-    assert "Going into epoch 2" in log
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_first_checkpoint(proc, tmp_path / "save")
+    assert len(train_losses(tmp_path / "train_log.txt")) == 1
+    # the same command again: it continues at epoch 2 without redoing epoch 1
+    log = run_script(args)
+    assert "Going into epoch 2" in log and "Going into epoch 1" not in log
     losses = train_losses(tmp_path / "train_log.txt")
     assert len(losses) == 2 and losses[1] < losses[0], losses
     log_text = (tmp_path / "train_log.txt").read_text()
@@ -100,12 +130,6 @@ def test_train_two_epochs_resume_and_evaluate(speaker_model, tmp_path):
     ckpts = sorted((tmp_path / "save").glob("CKPT+*"))
     for name in ("masknet.ckpt", "speaker_encoder.ckpt", "classifier.ckpt", "counter.ckpt"):
         assert (ckpts[-1] / name).is_file(), name
-    # rerunning the same command with one more epoch continues at epoch 3
-    log = run_script([*args, "--number_of_epochs=3"])
-    assert "Going into epoch 3" in log
-    assert "Going into epoch 1" not in log and "Going into epoch 2" not in log
-    assert len(train_losses(tmp_path / "train_log.txt")) == 3
-
     # the comparison: pretrained separator + speaker model against the joint model
     mixtures = tmp_path / "mix"
     make_mixtures(
@@ -120,7 +144,6 @@ def test_train_two_epochs_resume_and_evaluate(speaker_model, tmp_path):
         [
             "recipes/joint/evaluate.py",
             *args[1:],
-            "--number_of_epochs=3",
             f"--mixture_folder={mixtures}",
         ]
     )
@@ -131,3 +154,27 @@ def test_train_two_epochs_resume_and_evaluate(speaker_model, tmp_path):
     assert set(joint["speaker_identification"]) == {"joint"}
     assert "classifier" in joint["speaker_identification"]["joint"]["separated"]
     assert "| joint model |" in (tmp_path / "eval" / "results.md").read_text()
+
+
+def test_training_on_written_mixtures(speaker_model, tmp_path):
+    mixtures = tmp_path / "mix"
+    make_mixtures(
+        Path(speaker_model) / "prep" / "train.csv",
+        ROOT / "tests/samples/librispeech-mini/test-other",
+        mixtures,
+        n_mix={"train": 4, "valid": 2, "test": 0},
+        split_speakers={"train": 5, "valid": 0, "test": 0},
+        sample_rate=8000,
+    )
+    log = run_script(
+        [
+            "recipes/joint/train.py",
+            str(YAML.relative_to(ROOT)),
+            f"--output_folder={tmp_path / 'out'}",
+            f"--speaker_model={speaker_model}",
+            f"--train_mixture_folder={mixtures}",
+            "--number_of_epochs=1",
+        ]
+    )
+    assert "Going into epoch 1" in log
+    assert len(train_losses(tmp_path / "out" / "train_log.txt")) == 1
