@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from speechbrain.utils.distributed import run_on_main
 from transformers import WavLMConfig, WavLMModel
 
 TINY_WAVLM = dict(
@@ -32,8 +33,15 @@ def _build_once(folder, write, marker):
     holds a model (its ``marker`` file): an interrupted build leaves no half-written model that a
     rerun would trust. The caller's random generators are left as they were."""
     folder = Path(folder)
+    # Under torchrun only the main process builds (Hugging Face's save_pretrained writes the
+    # weights from the main process alone); the others wait for it.
+    run_on_main(_build, args=(folder, write, marker))
+    return folder
+
+
+def _build(folder, write, marker):
     if (folder / marker).is_file():
-        return folder
+        return
     if folder.is_dir() and any(folder.iterdir()):
         raise FileExistsError(f"{folder} exists and holds no model ({marker}); remove it first.")
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -42,11 +50,10 @@ def _build_once(folder, write, marker):
         write(tmp)
     try:
         tmp.rename(folder)  # onto an absent or empty folder
-    except OSError:  # built meanwhile by another process (e.g. another DDP rank): keep theirs
+    except OSError:  # built meanwhile by another process: keep theirs
         shutil.rmtree(tmp)
         if not (folder / marker).is_file():
             raise
-    return folder
 
 
 def save_tiny_wavlm(folder, seed=0, **overrides):
