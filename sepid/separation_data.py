@@ -66,6 +66,12 @@ def enrolment_signals(hparams, model):
     identified by embedding and are excluded from that accuracy (and counted)."""
     csv_path = hparams["enrol_csv"] or model.enrol_csv
     root = hparams["enrol_data_folder"] or model.data_folder
+    if csv_path is None or root is None:
+        raise ValueError(
+            "No enrolment utterances: the speaker model is not a speaker-recipe experiment, so "
+            "pass --enrol_csv (a manifest with utterances of the mixture speakers, e.g. a data "
+            "prep's iden_enrol.csv) and --enrol_data_folder (the corpus it resolves against)."
+        )
     wanted = mixture_speakers(hparams)
     signals = {}
     for row in read_csv(csv_path, UTTERANCE_COLUMNS):

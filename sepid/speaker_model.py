@@ -11,9 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hyperpyyaml import load_hyperpyyaml
+from speechbrain.dataio.encoder import CategoricalEncoder
 
-from sepid.dataio import load_label_encoder
+from sepid.dataio import UTTERANCE_COLUMNS, load_label_encoder
+from sepid.manifest import read_csv
 from sepid.models.speaker import set_classifier_outputs
+from sepid.prep import select_speakers
 
 logger = logging.getLogger(__name__)
 
@@ -77,4 +80,32 @@ def load_speaker_experiment(folder, min_key="error_rate", device="cpu"):
         str(checkpoint.path),
         hparams["iden_enrol_csv"],
         hparams["data_folder"],
+    )
+
+
+def speaker_branch(experiment, new_encoder, new_classifier, manifest, speakers, sample_rate):
+    """The joint recipe's speaker branch.
+
+    With ``experiment`` (a speaker-recipe output folder): that model, best checkpoint loaded
+    (:func:`load_speaker_experiment`). Without (``None``): a fresh one from the base model,
+    ``new_encoder()`` (e.g. WavLM Base+ with new LoRA adapters and head) and
+    ``new_classifier(out_neurons=N)`` over the ``speakers`` selected from ``manifest`` (sorted,
+    so the classes are the same on every run and on resume).
+    """
+    if experiment is not None:
+        return load_speaker_experiment(experiment)
+    available = sorted({r["spk_id"] for r in read_csv(manifest, UTTERANCE_COLUMNS)})
+    selected = sorted(select_speakers(available, speakers, f"manifest {manifest}"))
+    label_encoder = CategoricalEncoder()
+    label_encoder.update_from_iterable(selected)
+    label_encoder.expect_len(len(selected))
+    logger.info("Speaker branch from the base model, %d classes", len(selected))
+    return SpeakerModel(
+        new_encoder(),
+        new_classifier(out_neurons=len(selected)),
+        label_encoder,
+        sample_rate,
+        None,
+        None,  # no enrolment manifest: pass enrol_csv to evaluate
+        None,
     )

@@ -59,20 +59,24 @@ if __name__ == "__main__":
             f"{hparams['separator_source']} runs at {baseline.hparams.sample_rate} Hz but "
             f"sample_rate is {rate} in {hparams_file}: set sample_rate to the separator's rate."
         )
-    speaker_model = load_speaker_experiment(hparams["speaker_model"], device=device)
-    enrol = enrolment_signals(hparams, speaker_model)
     joint_speaker = replace(
-        speaker_model,
+        hparams["speaker"],
         encoder=hparams["speaker_encoder"].to(device).eval(),
         classifier=hparams["classifier"].to(device).eval(),
         checkpoint=str(checkpoint.path),
     )
+    if hparams["speaker_model"] is not None:
+        speaker_model = load_speaker_experiment(hparams["speaker_model"], device=device)
+        baseline_tags = ("pretrained", "finetuned")
+    else:  # the joint branch started from the base model: that (LoRA off, no head) is the baseline
+        speaker_model, baseline_tags = joint_speaker, ("pretrained",)
+    enrol = enrolment_signals(hparams, speaker_model)
     modules = hparams["modules"]
     systems = {
         "pretrained separator": (
             baseline.separate_batch,
             baseline.mods,
-            speaker_identifiers(speaker_model, enrol),
+            speaker_identifiers(speaker_model, enrol, tags=baseline_tags),
         ),
         "joint model": (
             partial(

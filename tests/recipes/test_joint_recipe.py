@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import speechbrain as sb
+import torch
 from hyperpyyaml import load_hyperpyyaml
 
 from data_prep.make_mixtures import make_mixtures
@@ -178,3 +179,41 @@ def test_training_on_written_mixtures(speaker_model, tmp_path):
     )
     assert "Going into epoch 1" in log
     assert len(train_losses(tmp_path / "out" / "train_log.txt")) == 1
+
+
+def test_speaker_branch_from_the_base_model(speaker_model, tmp_path):
+    """No speaker experiment: a fresh branch from the base WavLM, classes from the manifest."""
+    corpus = ROOT / "tests/samples/librispeech-mini/test-other"
+    args = [
+        str(YAML.relative_to(ROOT)),
+        f"--output_folder={tmp_path / 'out'}",
+        "--speaker_model=null",
+        f"--speaker_manifest={Path(speaker_model) / 'prep' / 'train.csv'}",
+        "--number_of_epochs=1",
+    ]
+    run_script(["recipes/joint/train.py", *args])
+    assert len(train_losses(tmp_path / "out" / "train_log.txt")) == 1
+    ckpt = sorted((tmp_path / "out" / "save").glob("CKPT+*"))[-1]
+    weight = torch.load(ckpt / "classifier.ckpt", weights_only=True)["weight"]
+    assert weight.shape[0] == 5  # one class per training speaker of the manifest
+    mixtures = tmp_path / "mix"
+    make_mixtures(
+        Path(speaker_model) / "prep" / "iden_test.csv",
+        corpus,
+        mixtures,
+        n_mix={"train": 0, "valid": 0, "test": 2},
+        split_speakers={"train": 0, "valid": 0, "test": 5},
+        sample_rate=8000,
+    )
+    run_script(
+        [
+            "recipes/joint/evaluate.py",
+            *args,
+            f"--mixture_folder={mixtures}",
+            f"--enrol_csv={Path(speaker_model) / 'prep' / 'iden_enrol.csv'}",
+            f"--enrol_data_folder={corpus}",
+        ]
+    )
+    result = json.loads((tmp_path / "out" / "eval" / "metrics.json").read_text())
+    baseline = result["systems"]["pretrained separator"]["speaker_identification"]
+    assert set(baseline) == {"pretrained"}
