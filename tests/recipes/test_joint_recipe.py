@@ -157,7 +157,7 @@ def test_interrupted_training_resumes_then_evaluate(speaker_model, tmp_path):
     assert "| joint model |" in (tmp_path / "eval" / "results.md").read_text()
 
 
-def test_training_on_written_mixtures(speaker_model, tmp_path):
+def test_training_on_written_mixtures_in_bf16(speaker_model, tmp_path):
     mixtures = tmp_path / "mix"
     make_mixtures(
         Path(speaker_model) / "prep" / "train.csv",
@@ -175,8 +175,10 @@ def test_training_on_written_mixtures(speaker_model, tmp_path):
             f"--speaker_model={speaker_model}",
             f"--train_mixture_folder={mixtures}",
             "--number_of_epochs=1",
+            "--precision=bf16",  # SpeechBrain's mixed precision (bf16 autocast on CPU)
         ]
     )
+    assert "Using training precision: `--precision=bf16`" in log
     assert "Going into epoch 1" in log
     assert len(train_losses(tmp_path / "out" / "train_log.txt")) == 1
 
