@@ -20,8 +20,10 @@ UTTERANCE_COLUMNS = ("ID", "duration", "wav", "spk_id")
 
 def load_manifest(csv_path, data_folder, required_columns=UTTERANCE_COLUMNS):
     """A ``DynamicItemDataset`` from a manifest, ``$data_root`` replaced by ``data_folder``; the
-    columns are checked first so a wrong file fails with its name, not a KeyError later."""
-    read_csv(csv_path, required_columns)
+    columns are checked first so a wrong file fails with its name, not a KeyError later, and an
+    empty manifest is an error."""
+    if not read_csv(csv_path, required_columns):
+        raise ValueError(f"Manifest {csv_path} has no rows: rerun the data prep that writes it.")
     return DynamicItemDataset.from_csv(csv_path, replacements={"data_root": str(data_folder)})
 
 

@@ -30,6 +30,11 @@ def _umask():
     return mask
 
 
+def resolve_path(path, data_root):
+    """The manifest path ``$data_root/...`` with ``$data_root`` replaced by ``data_root``."""
+    return str(path).replace(DATA_ROOT, str(data_root))
+
+
 def write_atomic(path, text):
     """Writes text to ``path`` through a temporary file and ``os.replace``: readers see the old
     file or the whole new one, never a half-written one. Permissions follow the umask, as for a
@@ -82,11 +87,6 @@ def read_csv(path, required_columns=()):
                 "Regenerate it with the data prep script of this project."
             )
         return list(reader)
-
-
-def check_columns(path, required_columns):
-    """Raises a clear error if the CSV at ``path`` lacks any of ``required_columns``."""
-    read_csv(path, required_columns)
 
 
 def prep_is_done(save_folder, options, outputs):

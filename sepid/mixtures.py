@@ -75,7 +75,7 @@ import torch
 from speechbrain.dataio.batch import PaddedBatch
 
 from sepid.audio import audio_info, read_audio
-from sepid.manifest import DATA_ROOT, read_csv
+from sepid.manifest import read_csv, resolve_path
 from sepid.prep import UTT_COLUMNS, select_speakers
 
 logger = logging.getLogger(__name__)
@@ -190,11 +190,6 @@ class SpeakerPool:
                 "different speakers. Give this split more speakers (split_speakers / "
                 f"--{split}_speakers), lower min_duration, or ask for no {split} mixtures."
             )
-
-
-def resolve_path(wav, data_folder):
-    """Replaces ``$data_root`` in a manifest path by ``data_folder``."""
-    return str(wav).replace(DATA_ROOT, str(data_folder))
 
 
 def load_sources(manifest, data_folder, min_duration=1.0):

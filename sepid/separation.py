@@ -11,14 +11,15 @@ import numpy as np
 import torch
 from speechbrain.inference.separation import SepformerSeparation
 
-from sepid.manifest import read_csv, write_csv
+from sepid.manifest import write_csv
 from sepid.metrics.separation import summarize
 from sepid.models.speaker import embed_in_chunks
 from sepid.plots import plot_histogram
 
 logger = logging.getLogger(__name__)
 
-MIXTURE_COLUMNS = ("ID", "duration", "mix_wav", "s1_wav", "s2_wav", "s1_spk", "s2_spk")
+# The columns of sepid.mixtures.MIXTURE_COLUMNS that the evaluation reads.
+EVAL_MIXTURE_COLUMNS = ("ID", "duration", "mix_wav", "s1_wav", "s2_wav", "s1_spk", "s2_spk")
 SEPARATION_KEYS = ("si_sdr", "si_sdri", "sdr", "sdri", "sir", "sar", "pesq", "stoi")
 
 
@@ -154,15 +155,6 @@ def accuracy(predicted, expected, known=None):
         "n": n,
         "n_excluded": len(predicted) - n,
     }
-
-
-def load_mixture_rows(csv_path, data_folder):
-    """Rows of a mixture manifest written by ``data_prep/make_mixtures.py`` (columns checked)."""
-    rows = read_csv(csv_path, MIXTURE_COLUMNS)
-    for row in rows:
-        for key in ("mix_wav", "s1_wav", "s2_wav"):
-            row[key] = row[key].replace("$data_root", str(data_folder))
-    return rows
 
 
 def write_separation_outputs(out_folder, rows, sample_rate, extra_summary=None):

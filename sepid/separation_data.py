@@ -5,13 +5,12 @@ import logging
 
 import speechbrain as sb
 import torch
-from speechbrain.dataio.dataset import DynamicItemDataset
 
 from sepid.audio import audio_info, read_audio
-from sepid.dataio import UTTERANCE_COLUMNS
+from sepid.dataio import UTTERANCE_COLUMNS, load_manifest
 from sepid.distributed import shard
-from sepid.manifest import read_csv
-from sepid.separation import MIXTURE_COLUMNS
+from sepid.manifest import read_csv, resolve_path
+from sepid.separation import EVAL_MIXTURE_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -20,10 +19,7 @@ def mixture_dataset(test_csv, data_root, separator_rate, speaker_rate=None):
     """The mixtures of ``test_csv`` (``$data_root`` = ``data_root``), longest first; returns the
     dataset and the corpus's sample rate. ``mix_sig``, ``s1_sig``, ``s2_sig`` are at ``separator_rate``
     (resampled once, here); ``s1_spk_sig``, ``s2_spk_sig`` at ``speaker_rate`` when given."""
-    read_csv(test_csv, MIXTURE_COLUMNS)
-    dataset = DynamicItemDataset.from_csv(test_csv, replacements={"data_root": str(data_root)})
-    if len(dataset) == 0:
-        raise ValueError(f"{test_csv} lists no mixture; rerun make_mixtures.py.")
+    dataset = load_manifest(test_csv, data_root, EVAL_MIXTURE_COLUMNS)
     first = dataset.data[dataset.data_ids[0]]["mix_wav"]
     corpus_rate = audio_info(first)[1]
 
@@ -55,7 +51,7 @@ def mixture_dataset(test_csv, data_root, separator_rate, speaker_rate=None):
 
 def mixture_speakers(hparams):
     """Every speaker appearing in the test mixtures."""
-    rows = read_csv(hparams["test_csv"], MIXTURE_COLUMNS)
+    rows = read_csv(hparams["test_csv"], EVAL_MIXTURE_COLUMNS)
     return {r["s1_spk"] for r in rows} | {r["s2_spk"] for r in rows}
 
 
@@ -76,7 +72,7 @@ def enrolment_signals(hparams, model):
     signals = {}
     for row in read_csv(csv_path, UTTERANCE_COLUMNS):
         if row["spk_id"] in wanted:
-            wav = row["wav"].replace("$data_root", str(root))
+            wav = resolve_path(row["wav"], root)
             signals.setdefault(row["spk_id"], []).append(read_audio(wav, model.sample_rate))
     missing = sorted(wanted - set(signals))
     if missing:
@@ -115,10 +111,7 @@ def written_mixture_dataset(csv_path, data_root, sample_rate, segment_seconds=No
     length; random for training, the start for validation, ``random=False``; the mixture is
     their sum, formed in the recipe after augmentation), and the speakers ``s1_spk``,
     ``s2_spk``."""
-    read_csv(csv_path, MIXTURE_COLUMNS)
-    dataset = DynamicItemDataset.from_csv(csv_path, replacements={"data_root": str(data_root)})
-    if len(dataset) == 0:
-        raise ValueError(f"{csv_path} lists no mixture; rerun make_mixtures.py.")
+    dataset = load_manifest(csv_path, data_root, EVAL_MIXTURE_COLUMNS)
     max_len = None if segment_seconds is None else int(segment_seconds * sample_rate)
 
     @sb.utils.data_pipeline.takes("s1_wav", "s2_wav")

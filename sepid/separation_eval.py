@@ -13,7 +13,13 @@ from speechbrain.utils.distributed import if_main_process
 from sepid.audio import resample
 from sepid.distributed import gather_objects
 from sepid.metrics.separation import evaluate_many
-from sepid.separation import accuracy, assigned_labels, separate, write_separation_outputs
+from sepid.separation import (
+    SpeakerIdentifier,
+    accuracy,
+    assigned_labels,
+    separate,
+    write_separation_outputs,
+)
 
 
 class SeparationEvalBrain(sb.Brain):
@@ -165,8 +171,6 @@ def score_items(items, hparams, sample_rate, known_speakers, out):
 def speaker_identifiers(model, enrol, tags=("pretrained", "finetuned")):
     """Identifiers for a speaker model: ``pretrained`` (the base model's mean-pooled states, no
     classifier) and/or the model itself; and the speakers each ``(tag, method)`` can name."""
-    from sepid.separation import SpeakerIdentifier
-
     identifiers, known = {}, {}
     for tag in tags:
         base = tag == "pretrained"

@@ -14,7 +14,7 @@ import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 
 from sepid.dataio import UTTERANCE_COLUMNS
-from sepid.manifest import read_csv, write_csv
+from sepid.manifest import read_csv, resolve_path, write_csv
 from sepid.metrics.verification import verification_metrics
 from sepid.plots import plot_det
 from sepid.scoring import asnorm_scores, classifier_accuracy, cosine_scores, identification_accuracy
@@ -28,7 +28,7 @@ def resolve_rows(csv_path, data_folder):
     """Rows of an utterance manifest with ``wav`` resolved (``$data_root`` -> ``data_folder``)."""
     rows = read_csv(csv_path, UTTERANCE_COLUMNS)
     for row in rows:
-        row["wav"] = row["wav"].replace("$data_root", str(data_folder))
+        row["wav"] = resolve_path(row["wav"], data_folder)
     return rows
 
 
