@@ -15,9 +15,6 @@ Run: ``python tests/benchmarks/bench_joint_step.py [--steps 3] [--out ...]``. Wr
 """
 
 import argparse
-import importlib.util
-import json
-import platform
 import resource
 import tempfile
 import time
@@ -25,6 +22,9 @@ from pathlib import Path
 
 import torch
 import torchaudio
+
+# sibling module (the script folder is on sys.path)
+from bench_common import REPO, load_script, write_result
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.batch import PaddedBatch
 from speechbrain.dataio.encoder import CategoricalEncoder
@@ -35,18 +35,10 @@ from transformers import WavLMConfig, WavLMModel
 from sepid.models.speaker import WavLMSpeakerEncoder
 from sepid.tiny import SEPFORMER_WHAMR_SIZE, TINY_SEPFORMER, TINY_SEPFORMER_YAML, save_tiny_wavlm
 
-REPO = Path(__file__).resolve().parents[2]
 CONFIGS = {
     "tiny": {"sepformer": TINY_SEPFORMER, "wavlm_base_size": False, "embedding_dim": 64},
     "default": {"sepformer": SEPFORMER_WHAMR_SIZE, "wavlm_base_size": True, "embedding_dim": 512},
 }
-
-
-def load_recipe():
-    spec = importlib.util.spec_from_file_location("joint_train", REPO / "recipes/joint/train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class Speaker:
@@ -70,7 +62,6 @@ def build_brain(recipe, config, work, n_speakers=100):
     hparams = {
         "speed_perturb": False,
         "num_spks": 2,
-        "resampler": torchaudio.transforms.Resample(8000, 16000),
         "speaker": Speaker(speakers),
         "speaker_cost": LogSoftmaxWrapper(AdditiveAngularMargin(margin=0.2, scale=30.0)),
         "threshold_byloss": True,
@@ -84,6 +75,7 @@ def build_brain(recipe, config, work, n_speakers=100):
         "separator_decoder": sep["Decoder"],
         "speaker_encoder": encoder,
         "classifier": classifier,
+        "resampler": torchaudio.transforms.Resample(8000, 16000),
     }
     brain = recipe.JointBrain(
         modules=modules,
@@ -120,7 +112,7 @@ def main():
     parser.add_argument("--configs", nargs="+", default=["tiny", "default"])
     parser.add_argument("--out", default=str(REPO / "tests/benchmarks/results/joint_step.json"))
     args = parser.parse_args()
-    recipe = load_recipe()
+    recipe = load_script("recipes/joint/train.py", "joint_train")
     results = {"batch_size": args.batch_size, "seconds": args.seconds, "configs": {}}
     for name in args.configs:
         work = Path(tempfile.mkdtemp(prefix=f"bench-joint-{name}-"))
@@ -140,17 +132,7 @@ def main():
             "peak_rss_mib_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
         print(name, results["configs"][name], flush=True)
-    results.update(
-        {
-            "torch_threads": torch.get_num_threads(),
-            "machine": platform.platform(),
-            "torch": torch.__version__,
-        }
-    )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
+    write_result(args.out, results)
 
 
 if __name__ == "__main__":

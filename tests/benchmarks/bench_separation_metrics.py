@@ -28,16 +28,14 @@ difference of SDR / SIR / SAR between the two backends and their permutation agr
 
 import argparse
 import itertools
-import json
-import os
-import platform
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+# sibling module (the script folder is on sys.path)
+from bench_common import REPO, machine_info, write_result
 from scipy.signal import resample_poly
 
 from sepid.metrics.separation import (
@@ -48,7 +46,6 @@ from sepid.metrics.separation import (
     sdr_improvement,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "tests/samples/librispeech-mini/test-other"
 SR = 8000
 SECONDS = 4.0
@@ -133,25 +130,6 @@ def _timed(fn):
     return time.perf_counter() - t0, result
 
 
-def _machine():
-    model = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "processor": model or platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n_items", type=int, default=20)
@@ -160,7 +138,7 @@ def main(argv=None):
     )
     parser.add_argument("--n_jobs", type=int, default=2)
     args = parser.parse_args(argv)
-    machine = _machine()
+    machine = machine_info()  # load average before the run
 
     items = make_items(args.n_items)
     n = len(items)
@@ -257,15 +235,8 @@ def main(argv=None):
         "max_abs_diff_stage_vs_naive_db": stage_diff,
         "perm_agreement_stage_vs_naive": f"{stage_perm_agree}/{n}",
         "failed_metrics_full_rows": sum(len(r["failed"]) for r in full_rows),
-        "cpu_count": os.cpu_count(),
-        "machine": machine,
-        "numpy": np.__version__,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    sys.stdout.write(json.dumps(result, indent=2) + "\n")
-    return result
+    return write_result(args.out, result, machine)
 
 
 if __name__ == "__main__":

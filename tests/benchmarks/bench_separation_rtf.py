@@ -9,18 +9,15 @@ Run: ``python tests/benchmarks/bench_separation_rtf.py [--out ...]``. Writes JSO
 """
 
 import argparse
-import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from bench_common import REPO, write_result  # sibling module (the script folder is on sys.path)
 
 from sepid.separation import load_separator
 from sepid.tiny import SEPFORMER_WHAMR_SIZE, save_tiny_sepformer
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def main():
@@ -30,7 +27,7 @@ def main():
     parser.add_argument("--out", default=str(REPO / "tests/benchmarks/results/separation_rtf.json"))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-rtf-"))
-    results = {"sample_rate": 8000, "torch_threads": torch.get_num_threads(), "models": {}}
+    results = {"sample_rate": 8000, "models": {}}
     for name, sizes in (("sepformer-whamr architecture", SEPFORMER_WHAMR_SIZE), ("tiny", {})):
         folder = save_tiny_sepformer(work / name.replace(" ", "_"), **sizes)
         separator = load_separator(folder, work / f"{name.replace(' ', '_')}_run")
@@ -46,11 +43,7 @@ def main():
             elapsed = (time.perf_counter() - start) / args.repeats
             timings[f"{seconds:g}s"] = {"seconds": elapsed, "rtf": elapsed / seconds}
         results["models"][name] = {"parameters": n_params, "timings": timings}
-    results.update({"machine": platform.platform(), "torch": torch.__version__})
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
+    write_result(args.out, results)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,14 @@ Writes JSON; it is not a test (timings are not asserted).
 """
 
 import argparse
-import importlib.util
-import json
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+# sibling module (the script folder is on sys.path)
+from bench_common import REPO, load_script, write_result
 
 from data_prep.folder_prepare import prepare_folder
 from sepid.audio import read_audio
@@ -29,17 +29,6 @@ from sepid.models.speaker import WavLMSpeakerEncoder, embed_in_chunks
 from sepid.scoring import cosine_scores
 from sepid.speaker_eval import VerificationSet, unique_utterances
 from sepid.tiny import save_tiny_wavlm
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def load_recipe():
-    spec = importlib.util.spec_from_file_location(
-        "speaker_evaluate", REPO / "recipes/speaker/evaluate.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main():
@@ -81,7 +70,7 @@ def main():
         conv_dim=(args.hidden,) * 7,
     )
     encoder = WavLMSpeakerEncoder(source, embedding_dim=192).eval()
-    recipe = load_recipe()
+    recipe = load_script("recipes/speaker/evaluate.py", "speaker_evaluate")
     hparams = {
         "eval_chunk_seconds": args.chunk_seconds,
         "sample_rate": 16000,
@@ -148,16 +137,9 @@ def main():
             "model": f"random WavLM, {args.layers} layers, hidden {args.hidden}",
             "speedup_vs_per_trial": results["per_trial_seconds"] / results["project_seconds"],
             "ratio_to_floor": results["project_seconds"] / results["floor_seconds"],
-            "torch_threads": torch.get_num_threads(),
-            "machine": platform.platform(),
-            "processor": platform.processor(),
-            "torch": torch.__version__,
         }
     )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
+    write_result(args.out, results)
 
 
 if __name__ == "__main__":

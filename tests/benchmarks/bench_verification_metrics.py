@@ -19,17 +19,14 @@ below the earlier peak).
 """
 
 import argparse
-import json
-import os
-import platform
 import resource
 import sys
 import time
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import torch
+from bench_common import REPO, write_result  # sibling module (the script folder is on sys.path)
 
 from sepid.metrics.verification import (
     eer,
@@ -37,7 +34,6 @@ from sepid.metrics.verification import (
     verification_metrics,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
 
 
@@ -140,21 +136,8 @@ def main(argv=None):
         "max_abs_diff_mindcf_threshold": max(
             abs(o[1] - r[1]) for o, r in zip(our_dcf, sb_dcf, strict=True)
         ),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-        },
-        "torch": torch.__version__,
-        "numpy": np.__version__,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    sys.stdout.write(json.dumps(result, indent=2) + "\n")
-    return result
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":

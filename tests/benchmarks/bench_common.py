@@ -1,0 +1,56 @@
+"""What every benchmark script records with its numbers, and how it writes them."""
+
+import importlib.util
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load_script(relative_path, name):
+    """A recipe script as a module (its Brain and helpers), without running its main."""
+    spec = importlib.util.spec_from_file_location(name, REPO / relative_path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def machine_info():
+    """The machine and software the numbers were measured on (load average: now)."""
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "processor": model or platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def write_result(out, result, machine=None):
+    """Adds the machine (``machine_info()`` unless given) and writes the JSON to ``out`` and
+    stdout."""
+    result = {**result, "machine": machine or machine_info()}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(result, indent=2) + "\n"
+    out.write_text(text)
+    sys.stdout.write(text)
+    return result
