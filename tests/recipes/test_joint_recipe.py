@@ -17,7 +17,7 @@ from hyperpyyaml import load_hyperpyyaml
 
 from data_prep.make_mixtures import make_mixtures
 from sepid.mixtures import mixture_collate
-from tests.helpers import run_script
+from tests.helpers import CORPUS, held_out_test_mixtures, run_script
 
 ROOT = Path(__file__).resolve().parents[2]
 YAML = ROOT / "hparams/demo/sepformer-wavlm-speaker.yaml"
@@ -133,14 +133,7 @@ def test_interrupted_training_resumes_then_evaluate(speaker_model, tmp_path):
         assert (ckpts[-1] / name).is_file(), name
     # the comparison: pretrained separator + speaker model against the joint model
     mixtures = tmp_path / "mix"
-    make_mixtures(
-        Path(speaker_model) / "prep" / "iden_test.csv",
-        ROOT / "tests/samples/librispeech-mini/test-other",
-        mixtures,
-        n_mix={"train": 0, "valid": 0, "test": 3},
-        split_speakers={"train": 0, "valid": 0, "test": 5},
-        sample_rate=8000,
-    )
+    held_out_test_mixtures(speaker_model, mixtures, 3, sample_rate=8000)
     run_script(
         [
             "recipes/joint/evaluate.py",
@@ -161,7 +154,7 @@ def test_training_on_written_mixtures_in_bf16(speaker_model, tmp_path):
     mixtures = tmp_path / "mix"
     make_mixtures(
         Path(speaker_model) / "prep" / "train.csv",
-        ROOT / "tests/samples/librispeech-mini/test-other",
+        CORPUS,
         mixtures,
         n_mix={"train": 4, "valid": 2, "test": 0},
         split_speakers={"train": 5, "valid": 0, "test": 0},
@@ -185,7 +178,6 @@ def test_training_on_written_mixtures_in_bf16(speaker_model, tmp_path):
 
 def test_speaker_branch_from_the_base_model(speaker_model, tmp_path):
     """No speaker experiment: a fresh branch from the base WavLM, classes from the manifest."""
-    corpus = ROOT / "tests/samples/librispeech-mini/test-other"
     args = [
         str(YAML.relative_to(ROOT)),
         f"--output_folder={tmp_path / 'out'}",
@@ -199,21 +191,14 @@ def test_speaker_branch_from_the_base_model(speaker_model, tmp_path):
     weight = torch.load(ckpt / "classifier.ckpt", weights_only=True)["weight"]
     assert weight.shape[0] == 5  # one class per training speaker of the manifest
     mixtures = tmp_path / "mix"
-    make_mixtures(
-        Path(speaker_model) / "prep" / "iden_test.csv",
-        corpus,
-        mixtures,
-        n_mix={"train": 0, "valid": 0, "test": 2},
-        split_speakers={"train": 0, "valid": 0, "test": 5},
-        sample_rate=8000,
-    )
+    held_out_test_mixtures(speaker_model, mixtures, 2, sample_rate=8000)
     run_script(
         [
             "recipes/joint/evaluate.py",
             *args,
             f"--mixture_folder={mixtures}",
             f"--enrol_csv={Path(speaker_model) / 'prep' / 'iden_enrol.csv'}",
-            f"--enrol_data_folder={corpus}",
+            f"--enrol_data_folder={CORPUS}",
         ]
     )
     result = json.loads((tmp_path / "out" / "eval" / "metrics.json").read_text())

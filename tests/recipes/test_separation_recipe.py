@@ -4,15 +4,10 @@ by the real speaker recipe."""
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 
-from data_prep.make_mixtures import make_mixtures
-from tests.helpers import run_script
-
-ROOT = Path(__file__).resolve().parents[2]
-CORPUS = ROOT / "tests/samples/librispeech-mini/test-other"
+from tests.helpers import held_out_test_mixtures, run_script
 
 
 @pytest.fixture(scope="module")
@@ -22,13 +17,7 @@ def evaluated(tmp_path_factory, speaker_experiment):
     # Held-out utterances of the speaker model's training speakers, at the corpus's 16 kHz: the
     # 8 kHz separator gets resampled input.
     mixtures = work / "mix"
-    make_mixtures(
-        speaker / "prep" / "iden_test.csv",
-        CORPUS,
-        mixtures,
-        n_mix={"train": 0, "valid": 0, "test": 4},
-        split_speakers={"train": 0, "valid": 0, "test": 5},
-    )
+    held_out_test_mixtures(speaker, mixtures, 4)
     out = work / "eval"
     log = run_script(
         [
