@@ -21,6 +21,27 @@ logger = logging.getLogger(__name__)
 # The columns of sepid.mixtures.MIXTURE_COLUMNS that the evaluation reads.
 EVAL_MIXTURE_COLUMNS = ("ID", "duration", "mix_wav", "s1_wav", "s2_wav", "s1_spk", "s2_spk")
 SEPARATION_KEYS = ("si_sdr", "si_sdri", "sdr", "sdri", "sir", "sar", "pesq", "stoi")
+# The summary keys each metric of sepid.metrics.separation.evaluate_separation gives.
+METRIC_KEYS = {
+    "si_sdr": ("si_sdr", "si_sdri"),
+    "sdr": ("sdr", "sdri", "sir", "sar"),
+    "pesq": ("pesq",),
+    "stoi": ("stoi",),
+}
+
+
+def separation_keys(metrics):
+    """The summary keys of the requested ``metrics`` (e.g. ``["si_sdr"]`` gives ``si_sdr`` and
+    ``si_sdri``), in :data:`SEPARATION_KEYS` order."""
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    unknown = sorted(set(metrics) - set(METRIC_KEYS))
+    if unknown:
+        raise ValueError(
+            f"Unknown separation metric(s) {unknown} in separation_metrics; choose from "
+            f"{list(METRIC_KEYS)}."
+        )
+    wanted = {key for m in metrics for key in METRIC_KEYS[m]}
+    return tuple(k for k in SEPARATION_KEYS if k in wanted)
 
 
 def load_separator(source, savedir, device="cpu"):
@@ -157,12 +178,20 @@ def accuracy(predicted, expected, known=None):
     }
 
 
-def write_separation_outputs(out_folder, rows, sample_rate, extra_summary=None):
+def write_separation_outputs(out_folder, rows, sample_rate, metrics=None):
     """Per-mixture CSV (with a mean row), the summary (mean/median/std over defined values, with
-    missing counts) and the SI-SDRi histogram; returns the summary."""
+    missing counts) and the SI-SDRi histogram (when SI-SDR was computed); returns the summary.
+
+    ``metrics`` are the metrics the rows were computed with (``separation_metrics``, e.g.
+    ``["si_sdr"]``): the summary and the CSV cover exactly their keys (:func:`separation_keys`).
+    None: the keys of :data:`SEPARATION_KEYS` that the rows hold."""
     out_folder = Path(out_folder)
-    summary = summarize(rows, SEPARATION_KEYS)
-    columns = ["ID", *SEPARATION_KEYS]
+    if metrics is None:
+        keys = tuple(k for k in SEPARATION_KEYS if any(k in r for r in rows))
+    else:
+        keys = separation_keys(metrics)
+    summary = summarize(rows, keys)
+    columns = ["ID", *keys]
     columns += sorted({k for r in rows for k in r if k.endswith(("_s1", "_s2"))})
     columns += [k for k in rows[0] if k.startswith(("spk_", "pred_"))] if rows else []
     columns += ["perm", "failed"]

@@ -106,7 +106,9 @@ class SeparationEvalBrain(sb.Brain):
 
 def score_items(items, hparams, sample_rate, known_speakers, out):
     """Separation metrics (both cores), speaker accuracies with permutation-aligned labels, and
-    the same for the unprocessed mixture; writes the outputs and returns the report.
+    the same for the unprocessed mixture; writes the outputs and returns the report. The
+    summaries hold exactly the keys of ``hparams.separation_metrics`` (see
+    :func:`sepid.separation.separation_keys`).
     ``known_speakers[(model, method)]`` is the set of speakers that method can name at all
     (enrolled speakers; the classifier's training speakers): outputs of other speakers are
     excluded from its accuracy and counted."""
@@ -150,8 +152,9 @@ def score_items(items, hparams, sample_rate, known_speakers, out):
                 if condition == "separated":
                     for j, label in enumerate(pred.by_embedding):
                         row[f"pred_{tag}_emb_out{j + 1}"] = label
-    summary = write_separation_outputs(out, rows, sample_rate)
-    mixture_summary = write_separation_outputs(out / "mixture", mixture_rows, sample_rate)
+    metrics = hparams.separation_metrics
+    summary = write_separation_outputs(out, rows, sample_rate, metrics)
+    mixture_summary = write_separation_outputs(out / "mixture", mixture_rows, sample_rate, metrics)
     speaker_report = {}
     for (tag, condition, method), (got, want) in speaker.items():
         if method == "classifier" and all(g is None for g in got):

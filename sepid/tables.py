@@ -63,8 +63,13 @@ def _mean(summary, key):
 
 def separation_results_table(summaries, speaker_report, sample_rate, command):
     """Separation metrics (mean over mixtures, dB except PESQ/STOI), one row per system, and
-    speaker identification accuracy on separated outputs with the clean/mixture bounds."""
-    names = [n for n, _ in SEPARATION_COLUMNS]
+    speaker identification accuracy on separated outputs with the clean/mixture bounds.
+
+    Only the metrics that some summary holds get a column (an evaluation run with
+    ``separation_metrics: [si_sdr]`` shows SI-SDR and SI-SDRi); a system without one shows
+    ``n/a`` there."""
+    shown = [(n, k) for n, k in SEPARATION_COLUMNS if any(k in s for s in summaries.values())]
+    names = [n for n, _ in shown]
     lines = [
         f"Separation metrics at {sample_rate} Hz (mean over mixtures; dB except PESQ, STOI)",
         "",
@@ -72,7 +77,7 @@ def separation_results_table(summaries, speaker_report, sample_rate, command):
         "|---" * (len(names) + 1) + "|",
     ]
     for system, summary in summaries.items():
-        cells = [_mean(summary, key) for _, key in SEPARATION_COLUMNS]
+        cells = [_mean(summary, key) for _, key in shown]
         lines.append(f"| {system} | {' | '.join(cells)} |")
     if speaker_report:
         lines += [

@@ -1,9 +1,17 @@
 """Separation evaluation helpers: labels follow the permutation, chunked separation is stitched
-in a consistent source order, accuracy excludes speakers a method cannot name."""
+in a consistent source order, accuracy excludes speakers a method cannot name, the summary and
+the results table cover exactly the requested metrics."""
 
+import csv
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
 import torch
 
-from sepid.separation import accuracy, align_to, assigned_labels, separate
+from sepid.separation import accuracy, align_to, assigned_labels, separate, separation_keys
+from sepid.separation_eval import score_items
+from sepid.tables import separation_results_table
 
 
 def test_labels_follow_the_permutation():
@@ -69,3 +77,54 @@ def test_accuracy_excludes_unknown_speakers_and_missing_predictions():
     result = accuracy(["a", "b", "a", None], ["a", "a", "z", "b"], known={"a", "b"})
     # "z" is unknown to the method, None is no prediction: 2 counted, 1 right
     assert result == {"accuracy": 0.5, "n": 2, "n_excluded": 2}
+
+
+def _items(n=2, length=4000, seed=0):
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(n):
+        refs = rng.standard_normal((2, length)).astype(np.float32)
+        mix = refs.sum(0)
+        est = (refs + 0.1 * rng.standard_normal((2, length))).astype(np.float32)[::-1].copy()
+        items.append(
+            {
+                "ID": f"m{i}",
+                "estimates": est,
+                "references": refs,
+                "mixture": mix,
+                "speakers": ["alice", "bob"],
+                "predictions": {},
+            }
+        )
+    return items
+
+
+@pytest.mark.parametrize(
+    ("metrics", "keys", "columns"),
+    [
+        (["si_sdr"], ["si_sdr", "si_sdri"], ["SI-SDR", "SI-SDRi"]),
+        (["si_sdr", "sdr"], ["si_sdr", "si_sdri", "sdr", "sdri", "sir", "sar"], None),
+    ],
+)
+def test_summary_and_table_cover_the_requested_metrics(tmp_path, metrics, keys, columns):
+    hparams = SimpleNamespace(separation_metrics=metrics, metric_jobs=1, bss_backend="fast")
+    report = score_items(_items(), hparams, 8000, {}, tmp_path)
+    assert list(report["separation"]) == keys
+    assert list(report["mixture"]) == keys
+    assert report["separation"]["si_sdri"]["mean"] > 10  # the swapped order was undone
+    with open(tmp_path / "per_mixture.csv", newline="") as f:
+        header = next(csv.reader(f))
+    assert header[: 1 + len(keys)] == ["ID", *keys]
+    assert not set(header) & ({"sdr", "pesq", "stoi"} - set(keys))
+    table = separation_results_table(
+        {"mixture": report["mixture"], "sepformer": report["separation"]}, {}, 8000, "cmd"
+    )
+    header_line = next(line for line in table.splitlines() if line.startswith("| system"))
+    names = [c.strip() for c in header_line.strip("|").split("|")][1:]
+    assert names == (columns or ["SI-SDR", "SI-SDRi", "SDR", "SDRi", "SIR", "SAR"])
+    assert "n/a" not in table
+
+
+def test_unknown_separation_metric_is_named():
+    with pytest.raises(ValueError, match=r"\['sisdr'\].*separation_metrics"):
+        separation_keys(["sisdr"])
