@@ -27,14 +27,28 @@ give byte-identical CSVs and audio. Utterances shorter than ``min_duration`` are
 (counted in the log); a draw whose mixture would be shorter than ``min_duration`` or whose source
 is silent is drawn again, at most :data:`sepid.mixtures.MAX_ATTEMPTS` times, then an error.
 
-Commit order and reruns: each split's audio is written first (every file atomically), then its
-CSV (atomically, the commit point of the split), then ``speakers.json``, ``prep_options.json``
-last. A rerun with the same options skips (:func:`sepid.manifest.prep_is_done`); a rerun after an
-interruption keeps the splits whose CSV was written and makes the others; other options
-regenerate everything (logged). ``save_folder`` must be empty, absent, or written by this tool
-(a ``prep_options.json`` of ``make_mixtures``, or its in-progress marker): otherwise it is
-refused, unless ``overwrite=True`` (``--overwrite``), which writes over files of the same names
-and deletes nothing else.
+Commit order and reruns: each split's audio is written first (every file atomically: a hidden
+``.<name>.XXXXXXXX.tmp`` file, then a rename), then its CSV (atomically, the commit point of the
+split), then ``speakers.json``, ``prep_options.json`` last. What a rerun into the same
+``save_folder`` does depends on the options of the run that wrote it (its ``prep_options.json``,
+or the in-progress marker of an interrupted run):
+
+- same options: skipped when complete (:func:`sepid.manifest.prep_is_done`); otherwise resumed:
+  the splits whose CSV was written are kept, the others made (the draws are deterministic, so
+  the result is that of an uninterrupted run). Hidden temporary files that an interrupted run
+  left (only this tool's own names, ``.<split>_<index>.wav.XXXXXXXX.tmp`` in
+  ``<split>/{mix,s1,s2}/`` and ``.<output>.XXXXXXXX.tmp`` of its CSV/JSON outputs) are removed
+  first, and counted in the log;
+- other options: nothing is deleted without ``overwrite=True`` (``--overwrite``): a
+  ``FileExistsError`` lists every option that differs (old -> new) and the ways out (the same
+  options, ``--overwrite``, or another ``save_folder``). With ``overwrite=True`` the previous
+  run's CSVs and ``<split>/{mix,s1,s2}/`` folders are deleted (logged as a warning), then the
+  mixtures are made.
+
+``save_folder`` must be empty, absent, or written by this tool (a ``prep_options.json`` of
+``make_mixtures``, or its in-progress marker): otherwise it is refused, unless ``overwrite=True``,
+which writes over files of the same names and deletes nothing else. One run per ``save_folder``
+at a time (a second run would take the first one's temporary files for leftovers).
 
 Example (the reference system's protocol on VoxCeleb2's first 100 speakers): training mixtures
 of speakers 1-50 from the speaker recipe's training manifest, test mixtures of speakers 51-100
@@ -52,6 +66,8 @@ from their held-out identification-test utterances (never trained on by the spea
 import argparse
 import json
 import logging
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -91,6 +107,16 @@ PREP_NAME = "make_mixtures"
 FORMAT_VERSION = 1
 SPEAKERS_JSON = "speakers.json"
 IN_PROGRESS = ".make_mixtures_in_progress.json"
+AUDIO_KINDS = ("mix", "s1", "s2")
+# The temporary files of sepid.manifest.write_atomic and sepid.mixtures.write_float_wav
+# (tempfile.mkstemp: prefix ".<name>.", 8 random characters of [a-z0-9_], suffix ".tmp"), for the
+# names this tool writes: only these are removed as leftovers of an interrupted run.
+_RANDOM = r"\.[a-z0-9_]{8}\.tmp"
+TEMP_OUTPUT = re.compile(
+    r"^\.(?:(?:train|valid|test)\.csv|speakers\.json|prep_options\.json"
+    r"|\.make_mixtures_in_progress\.json)" + _RANDOM + "$"
+)
+TEMP_AUDIO = re.compile(r"^\.(?:train|valid|test)_\d{6}\.wav" + _RANDOM + "$")
 
 
 def _n_mix(n_mix):
@@ -151,6 +177,87 @@ def check_save_folder(save_folder, overwrite=False):
     return False
 
 
+def previous_run(save_folder):
+    """The options of the run that wrote ``save_folder`` and how it ended.
+
+    Returns
+    -------
+    tuple
+        ``(options, "interrupted")`` when the in-progress marker is there (its options; ``{}``
+        when unreadable), ``(options, "finished")`` from a ``prep_options.json`` of this tool,
+        ``(None, None)`` when neither is.
+    """
+    save_folder = Path(save_folder)
+    if (save_folder / IN_PROGRESS).is_file():
+        marker = _read_json(save_folder / IN_PROGRESS)
+        return (marker if isinstance(marker, dict) else {}), "interrupted"
+    saved = _read_json(save_folder / PREP_OPTIONS_FILE)
+    if isinstance(saved, dict) and saved.get("prep") == PREP_NAME:
+        return saved, "finished"
+    return None, None
+
+
+def _flatten(options, prefix=""):
+    flat = {}
+    for key, value in options.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def options_diff(old, new):
+    """``[(option, old value, new value)]`` for every option (nested keys dotted, e.g.
+    ``n_mix.train``) that differs; a missing option's value is ``"<unset>"``."""
+    old, new = _flatten(old), _flatten(new)
+    unset = "<unset>"
+    return [
+        (key, old.get(key, unset), new.get(key, unset))
+        for key in sorted(set(old) | set(new))
+        if old.get(key, unset) != new.get(key, unset)
+    ]
+
+
+def _refuse_other_options(save_folder, diff, state):
+    changes = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in diff)
+    run = "an interrupted make_mixtures run" if state == "interrupted" else "make_mixtures"
+    raise FileExistsError(
+        f"save_folder {save_folder} holds mixtures written by {run} with other options "
+        f"({changes}). Nothing was deleted. To keep them, rerun with the same options (it "
+        f"{'resumes' if state == 'interrupted' else 'skips'}); to replace them, pass "
+        "overwrite=True (--overwrite), which deletes that run's CSVs and audio; or choose "
+        "another save_folder for the new mixtures."
+    )
+
+
+def remove_temp_leftovers(save_folder):
+    """Deletes the hidden temporary files that an interrupted run of this tool left in its own
+    ``save_folder`` (:data:`TEMP_OUTPUT` at its top, :data:`TEMP_AUDIO` in
+    ``<split>/{mix,s1,s2}/``; nothing else) and returns how many."""
+    save_folder = Path(save_folder)
+    folders = [(save_folder, TEMP_OUTPUT)]
+    folders += [
+        (save_folder / split / kind, TEMP_AUDIO) for split in SPLITS for kind in AUDIO_KINDS
+    ]
+    removed = 0
+    for folder, pattern in folders:
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):
+            if pattern.match(entry.name) and entry.is_file(follow_symlinks=False):
+                Path(entry.path).unlink(missing_ok=True)
+                removed += 1
+    if removed:
+        logger.info(
+            "Removed %d temporary file(s) left by an interrupted make_mixtures run in %s",
+            removed,
+            save_folder,
+        )
+    return removed
+
+
 def output_paths(save_folder, n_mix):
     """``{split: csv path}`` for the splits with mixtures, ``speakers`` and ``prep_options``."""
     save_folder = Path(save_folder)
@@ -160,24 +267,27 @@ def output_paths(save_folder, n_mix):
     return paths
 
 
-def _prepare_folder(save_folder, options, owned, n_mix):
-    """Marks the folder as in progress and clears stale outputs; returns True when resuming an
-    interrupted run with the same options (its finished splits are kept)."""
+def _prepare_folder(save_folder, options, own, clear):
+    """Makes ``save_folder`` ready for writing: removes this tool's temporary leftovers (in its
+    own folder), deletes the previous run's outputs when ``clear`` (``overwrite=True`` and other
+    options), then marks the folder as in progress with ``options``.
+
+    The commit points go first and the marker last, so a process killed half way leaves a folder
+    that a rerun reads right: the old options (nothing kept that the new ones did not write),
+    or the new marker with the old CSVs already gone."""
     save_folder.mkdir(parents=True, exist_ok=True)
-    marker = save_folder / IN_PROGRESS
-    if _read_json(marker) == json.loads(json.dumps(options)):
-        (save_folder / PREP_OPTIONS_FILE).unlink(missing_ok=True)
-        logger.info("Resuming an interrupted make_mixtures run in %s", save_folder)
-        return True
-    write_atomic(marker, json.dumps(options, indent=2, sort_keys=True))
-    (save_folder / PREP_OPTIONS_FILE).unlink(missing_ok=True)
-    for split in SPLITS:
-        if n_mix[split] > 0 or owned:
+    if own:
+        remove_temp_leftovers(save_folder)
+    if clear:
+        for split in SPLITS:
             (save_folder / f"{split}.csv").unlink(missing_ok=True)
-        if owned:
-            for kind in ("mix", "s1", "s2"):
+        for split in SPLITS:
+            for kind in AUDIO_KINDS:
                 shutil.rmtree(save_folder / split / kind, ignore_errors=True)
-    return False
+    marker = save_folder / IN_PROGRESS
+    if _read_json(marker) != json.loads(json.dumps(options)):
+        write_atomic(marker, json.dumps(options, indent=2, sort_keys=True))
+    (save_folder / PREP_OPTIONS_FILE).unlink(missing_ok=True)
 
 
 def _make_split(
@@ -295,7 +405,10 @@ def make_mixtures(
         Fraction of each train speaker's utterances held out for valid when valid has no
         speakers of its own.
     overwrite : bool
-        Allow writing into a non-empty folder that this tool did not write.
+        Allow replacing mixtures that this tool wrote in ``save_folder`` with other options
+        (they are deleted first), or writing into a non-empty folder that it did not write
+        (over files of the same names; nothing else deleted). Without it, neither deletes or
+        overwrites anything: a ``FileExistsError`` says what differs and how to proceed.
 
     Returns
     -------
@@ -336,10 +449,27 @@ def make_mixtures(
         "valid_utt_fraction": valid_utt_fraction,
     }
     owned = check_save_folder(save_folder, overwrite)
-    outputs = [Path(p).name for k, p in output_paths(save_folder, n_mix).items()]
-    outputs.remove(PREP_OPTIONS_FILE)
-    if owned and prep_is_done(save_folder, options, outputs):
-        return output_paths(save_folder, n_mix)
+    previous, state = previous_run(save_folder) if owned else (None, None)
+    clear = False
+    if previous is not None:
+        diff = options_diff(previous, json.loads(json.dumps(options)))
+        if diff and not overwrite:
+            _refuse_other_options(save_folder, diff, state)
+        if diff:
+            logger.warning(
+                "save_folder %s holds mixtures of make_mixtures with other options (%s): "
+                "deleting them (overwrite=True)",
+                save_folder,
+                "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in diff),
+            )
+            clear = True
+        elif state == "interrupted":
+            logger.info("Resuming an interrupted make_mixtures run in %s", save_folder)
+        else:
+            outputs = [Path(p).name for k, p in output_paths(save_folder, n_mix).items()]
+            outputs.remove(PREP_OPTIONS_FILE)
+            if prep_is_done(save_folder, options, outputs):
+                return output_paths(save_folder, n_mix)
 
     pools, _ = split_speaker_pools(manifest, data_folder, spec, min_duration, valid_utt_fraction)
     for split in SPLITS:
@@ -358,12 +488,13 @@ def make_mixtures(
             n_mix[split],
         )
 
-    resume = _prepare_folder(save_folder, options, owned, n_mix)
+    _prepare_folder(save_folder, options, own=owned, clear=clear)
+    resume = previous is not None and not clear
     for split in SPLITS:
         if n_mix[split] == 0:
             continue
         if resume and (save_folder / f"{split}.csv").is_file():
-            logger.info("%s.csv already written by the interrupted run: keeping it", split)
+            logger.info("%s.csv already written with the same options: keeping it", split)
             continue
         _make_split(
             split,
@@ -413,7 +544,12 @@ def main(argv=None):
     parser.add_argument("--min_duration", type=float, default=1.0)
     parser.add_argument("--valid_utt_fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the mixtures of a run with other options in --save_folder (deleted "
+        "first), or write into a non-empty folder make_mixtures did not write",
+    )
     args = vars(parser.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     n_mix = {split: args.pop(f"n_{split}") for split in SPLITS}

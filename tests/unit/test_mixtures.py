@@ -4,7 +4,11 @@ import csv
 import json
 import logging
 import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -211,7 +215,7 @@ def test_8khz_and_librimix_levels(corpus, tmp_path):
         run(corpus, tmp_path / "bad", loudness="librimix", gain_db_range=(-5, 5))
 
 
-def test_rerun_skips_and_changed_options_regenerate(corpus, tmp_path, caplog):
+def test_rerun_skips_and_other_options_delete_nothing_without_overwrite(corpus, tmp_path, caplog):
     save = tmp_path / "mix"
     run(corpus, save)
     csv_path = save / "train.csv"
@@ -221,16 +225,59 @@ def test_rerun_skips_and_changed_options_regenerate(corpus, tmp_path, caplog):
         run(corpus, save)
     assert "same options: skipping" in caplog.text
     assert (csv_path.stat().st_mtime_ns, wav.stat().st_mtime_ns) == before
+    written = folder_bytes(save)
+    options = (save / "prep_options.json").read_bytes()
+    # other options: one error naming each difference (old -> new) and the ways out
+    with pytest.raises(FileExistsError) as err:
+        run(corpus, save, n_mix={"train": 2, "test": 4}, seed=7)
+    message = str(err.value)
+    for part in (
+        str(save),
+        "n_mix.train: 5 -> 2",
+        "n_mix.valid: 4 -> 0",
+        "seed: 1234 -> 7",
+        "Nothing was deleted",
+        "--overwrite",
+        "another save_folder",
+    ):
+        assert part in message
+    assert "n_mix.test" not in message  # unchanged options are not listed
+    assert folder_bytes(save) == written
+    assert (save / "prep_options.json").read_bytes() == options
+    # with overwrite: the old mixtures are replaced (logged)
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        run(corpus, save, n_mix={"train": 2, "test": 2})
-    assert "options changed" in caplog.text
+        run(corpus, save, n_mix={"train": 2, "test": 2}, overwrite=True)
+    assert "n_mix.train: 5 -> 2" in caplog.text and "deleting them (overwrite=True)" in caplog.text
     assert len(read_rows(csv_path)) == 2
-    assert not (save / "valid.csv").exists()
+    assert not (save / "valid.csv").exists() and not (save / "valid/mix").exists()
     assert sorted(p.name for p in (save / "train/mix").iterdir()) == [
         "train_000000.wav",
         "train_000001.wav",
     ]
+    run(corpus, save, n_mix={"train": 2, "test": 2})  # the new options are now the folder's
+
+
+def test_interrupted_run_with_other_options_is_kept(corpus, tmp_path, monkeypatch):
+    save = tmp_path / "mix"
+    real = mm._make_split
+
+    def failing(split, *args, **kwargs):
+        if split == "test":
+            raise KeyboardInterrupt
+        return real(split, *args, **kwargs)
+
+    monkeypatch.setattr(mm, "_make_split", failing)
+    with pytest.raises(KeyboardInterrupt):
+        run(corpus, save)
+    monkeypatch.setattr(mm, "_make_split", real)
+    written = folder_bytes(save)
+    with pytest.raises(FileExistsError, match=r"interrupted make_mixtures run.*seed: 1234 -> 3"):
+        run(corpus, save, seed=3)
+    assert folder_bytes(save) == written
+    run(corpus, save)  # the same options resume it
+    run(corpus, tmp_path / "clean")
+    assert folder_bytes(save) == folder_bytes(tmp_path / "clean")
 
 
 def test_interrupted_run_resumes(corpus, tmp_path, monkeypatch):
@@ -255,6 +302,56 @@ def test_interrupted_run_resumes(corpus, tmp_path, monkeypatch):
     assert not (save / mm.IN_PROGRESS).exists()
 
 
+KILL_MID_WRITE = """
+import os, signal, sys
+from pathlib import Path
+import sepid.mixtures
+from data_prep.make_mixtures import make_mixtures
+
+real_replace, calls = os.replace, {"n": 0}
+
+def replace_then_die(src, dst):
+    # the third audio file of the run is fully written to its temporary file: kill -9 there
+    calls["n"] += 1
+    if calls["n"] == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst)
+
+sepid.mixtures.os = type("os_proxy", (), {"__getattr__": lambda self, n: getattr(os, n),
+                                          "replace": staticmethod(replace_then_die)})()
+manifest, data, save = sys.argv[1:4]
+make_mixtures(
+    manifest, data, save, n_mix={"train": 2}, split_speakers={"train": 4, "valid": 2, "test": 4}
+)
+"""
+
+
+def test_killed_mid_write_leaves_no_temporary_files_after_rerun(corpus, tmp_path, caplog):
+    data, manifest = corpus
+    save = tmp_path / "mix"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_MID_WRITE, str(manifest), str(data), str(save)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    leftovers = [p for p in save.rglob(".*.tmp")]
+    assert [p.parent.name for p in leftovers] == ["s2"], leftovers
+    assert re.fullmatch(r"\.train_000000\.wav\.[a-z0-9_]{8}\.tmp", leftovers[0].name)
+    # a file that only looks alike is not this tool's: kept
+    (save / ".notes.txt.abcdefgh.tmp").write_text("not mine")
+    with caplog.at_level(logging.INFO):
+        run(corpus, save, n_mix={"train": 2})
+    assert "Removed 1 temporary file(s) left by an interrupted make_mixtures run" in caplog.text
+    assert [p.name for p in save.rglob(".*.tmp")] == [".notes.txt.abcdefgh.tmp"]
+    (save / ".notes.txt.abcdefgh.tmp").unlink()
+    run(corpus, tmp_path / "clean", n_mix={"train": 2})
+    assert folder_bytes(save) == folder_bytes(tmp_path / "clean")
+
+
 def test_foreign_folder_refused_unless_overwrite(corpus, tmp_path):
     save = tmp_path / "mine"
     save.mkdir()
@@ -268,7 +365,12 @@ def test_foreign_folder_refused_unless_overwrite(corpus, tmp_path):
     run(corpus, save, n_mix={"train": 2}, overwrite=True)
     assert (save / "notes.txt").read_text() == "precious"
     assert len(read_rows(save / "train.csv")) == 2
-    run(corpus, save, n_mix={"train": 3})  # now its own folder: no overwrite needed
+    run(corpus, save, n_mix={"train": 2})  # now its own folder: no overwrite needed
+    with pytest.raises(FileExistsError, match="n_mix.train: 2 -> 3"):
+        run(corpus, save, n_mix={"train": 3})
+    run(corpus, save, n_mix={"train": 3}, overwrite=True)
+    assert (save / "notes.txt").read_text() == "precious"
+    assert len(read_rows(save / "train.csv")) == 3
 
 
 def test_bad_speaker_splits(corpus, tmp_path):
@@ -382,19 +484,23 @@ def test_dynamic_mixing_dataset(corpus):
 def test_cli(corpus, tmp_path):
     data, manifest = corpus
     save = tmp_path / "cli"
-    outputs = mixtures_main(
-        [
-            "--manifest", str(manifest),
-            "--data_folder", str(data),
-            "--save_folder", str(save),
-            "--n_train", "2", "--n_valid", "0", "--n_test", "2",
-            "--train_speakers", "3", "--valid_speakers", "0", "--test_speakers", "3",
-            "--gain_db_range", "-2", "2",
-            "--seed", "5",
-        ]
-    )  # fmt: skip
+    args = [
+        "--manifest", str(manifest),
+        "--data_folder", str(data),
+        "--save_folder", str(save),
+        "--n_train", "2", "--n_valid", "0",
+        "--train_speakers", "3", "--valid_speakers", "0", "--test_speakers", "3",
+        "--gain_db_range", "-2", "2",
+        "--seed", "5",
+    ]  # fmt: skip
+    outputs = mixtures_main(args + ["--n_test", "2"])
     assert set(outputs) == {"train", "test", "speakers", "prep_options"}
     options = json.loads((save / "prep_options.json").read_text())
     assert options["gain_db_range"] == [-2.0, 2.0] and options["seed"] == 5
     assert options["split_speakers"] == {"test": 3, "train": 3, "valid": 0}
     assert os.path.isfile(save / "test/s2/test_000001.wav")
+    with pytest.raises(FileExistsError, match="n_mix.test: 2 -> 1"):
+        mixtures_main(args + ["--n_test", "1"])
+    assert len(read_rows(save / "test.csv")) == 2
+    mixtures_main(args + ["--n_test", "1", "--overwrite"])
+    assert len(read_rows(save / "test.csv")) == 1
