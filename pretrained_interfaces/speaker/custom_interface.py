@@ -1,0 +1,426 @@
+"""WavLM + LoRA + ArcFace speaker model: the SpeechBrain pretrained interface.
+
+This file travels with every exported model (``pretrained_interfaces/export.py`` copies it next to
+``hyperparams.yaml`` and the weights), so it depends on SpeechBrain, PyTorch and transformers only,
+never on this project's ``sepid`` package. Load an exported folder or Hub repo with::
+
+    from speechbrain.inference.interfaces import foreign_class
+    spk = foreign_class(source="user/repo", pymodule_file="custom_interface.py",
+                        classname="WavLMSpeakerInterface")
+    score, same = spk.verify_files("a.wav", "b.wav")
+
+or, with this module imported, ``WavLMSpeakerInterface.from_hparams(source="user/repo")``.
+
+The embedding network (:class:`WavLMSpeakerEmbedder`) computes exactly what the training encoder
+(``sepid.models.speaker.WavLMSpeakerEncoder``) computes, and :func:`embed_in_chunks` is the
+evaluation recipe's chunking (``sepid.models.speaker.embed_in_chunks``); the round-trip tests pin
+both to the training code. The WavLM backbone is built from its config (no download) and gets its
+weights from the ``Pretrainer``: merged LoRA weights (the default export), or the base model's
+weights plus the LoRA adapters (``export.py --adapters``).
+"""
+
+import contextlib
+import functools
+import logging
+import sys
+from pathlib import Path
+
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+import torchaudio
+from speechbrain.inference.interfaces import Pretrained
+from speechbrain.lobes.models.ECAPA_TDNN import AttentiveStatisticsPooling
+from speechbrain.utils.checkpoints import mark_as_transfer, register_checkpoint_hooks
+from torch import nn
+from torch.nn.utils import parametrize
+from transformers import WavLMConfig, WavLMModel
+
+logger = logging.getLogger(__name__)
+
+POOLINGS = ("mean", "attentive")
+
+
+class LoRAParametrization(nn.Module):
+    """``W -> W + B A * alpha / r`` (inference form of ``sepid.models.lora``: same tensors, same
+    state-dict keys, no dropout)."""
+
+    def __init__(self, out_features, in_features, rank, alpha):
+        super().__init__()
+        self.lora_A = nn.Parameter(torch.zeros(rank, in_features))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank))
+        self.scaling = alpha / rank
+
+    def forward(self, weight):
+        return weight + ((self.lora_B @ self.lora_A) * self.scaling).to(weight.dtype)
+
+
+def _masked_mean(frames, frame_lens):
+    steps = torch.arange(frames.shape[1], device=frames.device)
+    mask = (steps[None, :] < frame_lens[:, None]).to(frames.dtype).unsqueeze(-1)
+    return (frames * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def _load_tensors(path):
+    """A state dict from a SpeechBrain ``.ckpt``/``.bin`` (torch) or a ``.safetensors`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Weight file {path} not found: the model folder is incomplete; export it again with "
+            "pretrained_interfaces/export.py (or check the Hub repo's files)."
+        )
+    with open(path, "rb") as f:
+        head = f.read(9)
+    # by content, not name: the Pretrainer links files under its own names (base_model.ckpt)
+    # and the Hub cache stores them under their hash; safetensors opens with a JSON header.
+    if len(head) == 9 and head[8:9] == b"{":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@register_checkpoint_hooks
+class WavLMSpeakerEmbedder(nn.Module):
+    """WavLM (built from ``wavlm_config``, weights from the Pretrainer), optional LoRA, pooling
+    and projection to a speaker embedding.
+
+    Arguments
+    ---------
+    wavlm_config : dict
+        ``WavLMConfig`` keyword arguments (the training backbone's config).
+    embedding_dim : int
+        Size of the embedding.
+    pooling : str
+        ``mean`` or ``attentive``.
+    attention_channels : int
+        Attentive statistics pooling width.
+    layer_weighting : bool
+        Softmax-weighted sum of all hidden layers instead of the last one.
+    normalize_waveform : bool
+        Zero-mean unit-variance each waveform first.
+    lora : dict, optional
+        ``{"rank", "alpha", "targets"}`` when the adapters ship unmerged; ``None`` when the LoRA
+        update is merged into the WavLM weights.
+    """
+
+    def __init__(
+        self,
+        wavlm_config,
+        embedding_dim,
+        pooling="mean",
+        attention_channels=128,
+        layer_weighting=False,
+        normalize_waveform=False,
+        lora=None,
+    ):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        config = WavLMConfig(**wavlm_config)
+        config.apply_spec_augment = False
+        config.layerdrop = 0.0
+        self.backbone = WavLMModel(config)
+        self.backbone.requires_grad_(False)
+        self.lora = dict(lora) if lora else None
+        if self.lora:
+            self._add_lora(self.lora["targets"], self.lora["rank"], self.lora["alpha"])
+        hidden = config.hidden_size
+        n_states = config.num_hidden_layers + 1
+        self.layer_weights = nn.Parameter(torch.zeros(n_states)) if layer_weighting else None
+        self.normalize_waveform = normalize_waveform
+        if pooling == "attentive":
+            self.pool = AttentiveStatisticsPooling(hidden, attention_channels=attention_channels)
+            pooled = 2 * hidden
+        else:
+            self.pool = None
+            pooled = hidden
+        self.projection = nn.Linear(pooled, embedding_dim)
+
+    def _add_lora(self, targets, rank, alpha):
+        adapted = 0
+        for name, module in self.backbone.encoder.named_modules():
+            if isinstance(module, nn.Linear) and any(
+                name == t or name.endswith("." + t) for t in targets
+            ):
+                lora = LoRAParametrization(module.out_features, module.in_features, rank, alpha)
+                parametrize.register_parametrization(module, "weight", lora)
+                adapted += 1
+        if not adapted:
+            raise ValueError(f"No linear layer of WavLM matches the LoRA targets {targets}.")
+
+    def frame_lengths(self, wavs, wav_lens):
+        samples = torch.round(wav_lens * wavs.shape[1]).long()
+        return self.backbone._get_feat_extract_output_lengths(samples).clamp(min=1)
+
+    def hidden_states(self, wavs, wav_lens, all_layers=False):
+        if self.normalize_waveform:
+            samples = torch.round(wav_lens * wavs.shape[1]).long()
+            mask = torch.arange(wavs.shape[1], device=wavs.device)[None] < samples[:, None]
+            n = mask.sum(1, keepdim=True).clamp(min=1)
+            mean = (wavs * mask).sum(1, keepdim=True) / n
+            var = (((wavs - mean) * mask) ** 2).sum(1, keepdim=True) / n
+            wavs = (wavs - mean) / torch.sqrt(var + 1e-7) * mask
+        out = self.backbone(wavs, output_hidden_states=all_layers)
+        return out.hidden_states if all_layers else out.last_hidden_state
+
+    def forward(self, wavs, wav_lens=None):
+        """Speaker embeddings ``[B, D]`` (not normalised) of ``wavs [B, T]``."""
+        if wav_lens is None:
+            wav_lens = torch.ones(wavs.shape[0], device=wavs.device)
+        frame_lens = self.frame_lengths(wavs, wav_lens)
+        if self.layer_weights is not None:
+            states = torch.stack(self.hidden_states(wavs, wav_lens, all_layers=True), dim=0)
+            weights = torch.softmax(self.layer_weights, dim=0).to(states.dtype)
+            frames = (weights[:, None, None, None] * states).sum(0)
+        else:
+            frames = self.hidden_states(wavs, wav_lens)
+        frame_lens = frame_lens.clamp(max=frames.shape[1])
+        if self.pool is None:
+            pooled = _masked_mean(frames, frame_lens)
+        else:
+            rel = frame_lens.to(frames.dtype) / frames.shape[1]
+            pooled = self.pool(frames.transpose(1, 2), lengths=rel).squeeze(-1)
+        return self.projection(pooled)
+
+    def _is_base_key(self, key):
+        """True for a tensor of the pretrained WavLM itself (not LoRA, not the head)."""
+        return key.startswith("backbone.") and ".lora_A" not in key and ".lora_B" not in key
+
+    @mark_as_transfer
+    def _load(self, path):
+        """Loads ``embedder.ckpt``: every tensor (merged export) or, with unmerged adapters,
+        everything but the base WavLM weights (those come from :class:`BaseWeights`). Strict:
+        a file that does not match the configuration in ``hyperparams.yaml`` is an error."""
+        state = _load_tensors(path)
+        expected = {k for k in self.state_dict() if not (self.lora and self._is_base_key(k))}
+        _check_keys(expected, set(state), path)
+        self.load_state_dict(state, strict=False)
+
+
+@register_checkpoint_hooks
+class BaseWeights:
+    """Loads a pretrained WavLM's own weight file (``model.safetensors`` or ``pytorch_model.bin``
+    of a Hugging Face repo or folder) into an embedder whose LoRA adapters ship unmerged."""
+
+    def __init__(self, embedder):
+        self.embedder = embedder
+
+    @mark_as_transfer
+    def _load(self, path):
+        state = _load_tensors(path)
+        target = self.embedder.backbone
+        parametrized = {
+            name for name, m in target.named_modules() if parametrize.is_parametrized(m, "weight")
+        }
+        renamed = {}
+        for key, value in state.items():
+            key = key.removeprefix("wavlm.")
+            module, _, leaf = key.rpartition(".")
+            if module in parametrized and leaf == "weight":
+                key = f"{module}.parametrizations.weight.original"
+            # checkpoints written before weight_norm became a parametrization
+            key = key.replace(".weight_g", ".parametrizations.weight.original0")
+            key = key.replace(".weight_v", ".parametrizations.weight.original1")
+            renamed[key] = value
+        expected = {k for k in target.state_dict() if ".lora_A" not in k and ".lora_B" not in k}
+        missing = expected - set(renamed)
+        if missing:
+            raise ValueError(
+                f"Base model weights {path} lack {len(missing)} WavLM tensors (e.g. "
+                f"{sorted(missing)[:3]}): the base model is not the one the adapters were "
+                "trained on; use the base_weights the model was exported with."
+            )
+        unused = set(renamed) - expected
+        if unused:
+            logger.info("Base model weights %s: %d tensors not used", path, len(unused))
+        target.load_state_dict({k: renamed[k] for k in expected}, strict=False)
+
+
+def _check_keys(expected, found, path):
+    missing, unexpected = expected - found, found - expected
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not match hyperparams.yaml (missing {sorted(missing)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]}): export the model again."
+        )
+
+
+def embed_in_chunks(encoder, wavs, wav_lens, chunk_samples):
+    """Embeds a padded batch, cutting utterances longer than ``chunk_samples`` into chunks whose
+    embeddings are averaged weighted by their samples (a final chunk under half a chunk joins the
+    one before); the same computation as the evaluation recipe's."""
+    total = wavs.shape[1]
+    if chunk_samples is None or total <= chunk_samples:
+        return encoder(wavs, wav_lens)
+    samples = torch.round(wav_lens * total).long()
+    bounds = list(range(0, total, chunk_samples))
+    if total - bounds[-1] < chunk_samples // 2 and len(bounds) > 1:
+        bounds.pop()
+    bounds.append(total)
+    weighted, weights = 0.0, torch.zeros(wavs.shape[0], 1, device=wavs.device)
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        n_in = (samples.clamp(max=stop) - start).clamp(min=0)
+        active = n_in > 0
+        if not active.any():
+            break
+        chunk = wavs[active, start:stop]
+        emb = encoder(chunk, n_in[active].float() / (stop - start))
+        w = n_in[active].float().unsqueeze(1)
+        full = torch.zeros(wavs.shape[0], emb.shape[1], device=wavs.device, dtype=emb.dtype)
+        full[active] = emb * w
+        weighted = weighted + full
+        weights[active] += w
+    return weighted / weights
+
+
+@functools.lru_cache(maxsize=16)
+def _resampler(orig_freq, new_freq):
+    logger.info("Resampling audio from %d Hz to %d Hz", orig_freq, new_freq)
+    return torchaudio.transforms.Resample(orig_freq=orig_freq, new_freq=new_freq)
+
+
+@contextlib.contextmanager
+def _as_custom_interface(module):
+    """``hyperparams.yaml`` names its classes ``custom_interface.X``; while it is read, that name
+    is this module (the code the caller chose), then whatever it was before."""
+    previous = sys.modules.get("custom_interface")
+    sys.modules["custom_interface"] = module
+    try:
+        yield
+    finally:
+        if previous is None:
+            del sys.modules["custom_interface"]
+        else:
+            sys.modules["custom_interface"] = previous
+
+
+class WavLMSpeakerInterface(Pretrained):
+    """Speaker embeddings, verification and identification with a WavLM + LoRA + ArcFace model.
+
+    ``hyperparams.yaml`` provides ``embedder`` and ``classifier`` (modules), ``label_encoder``
+    (the training speakers), ``sample_rate``, ``chunk_seconds`` (longer inputs are embedded in
+    chunks of that length and averaged, so memory stays bounded) and ``threshold`` (the cosine
+    EER threshold measured when the model was evaluated; ``null`` if it never was).
+    """
+
+    MODULES_NEEDED = ["embedder", "classifier"]
+    HPARAMS_NEEDED = ["sample_rate", "chunk_seconds", "threshold", "label_encoder"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # SpeechBrain declares MODULES_NEEDED but does not check it.
+        missing = [m for m in self.MODULES_NEEDED if m not in self.mods]
+        if missing:
+            raise ValueError(f"hyperparams.yaml declares no module(s) {missing} under `modules:`.")
+
+    @classmethod
+    def from_hparams(cls, source, hparams_file="hyperparams.yaml", **kwargs):
+        """Loads a model folder or Hub repo (``user/name``) with this class's code."""
+        path = Path(str(source)).expanduser()
+        if path.is_dir():
+            missing = [
+                f
+                for f in (hparams_file, "embedder.ckpt", "classifier.ckpt", "label_encoder.ckpt")
+                if not (path / f).is_file()
+            ]
+            if missing:
+                raise FileNotFoundError(
+                    f"{path} is not a complete exported speaker model (missing {missing}); "
+                    "export it with pretrained_interfaces/export.py <training output folder> "
+                    f"--out {path} --overwrite."
+                )
+        elif (
+            path.is_absolute() or str(source).startswith((".", "~")) or str(source).count("/") != 1
+        ):
+            raise FileNotFoundError(
+                f"No model folder at {source}, and it is not a Hub repo id (user/name)."
+            )
+        with _as_custom_interface(sys.modules[cls.__module__]):
+            return super().from_hparams(source, hparams_file=hparams_file, **kwargs)
+
+    # ------------------------------------------------------------------------ audio ---
+    def read_audio(self, path):
+        """Mono float32 ``[time]`` at the model's sample rate (channels averaged, resampled)."""
+        path = str(path)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"Audio file not found: {path}")
+        try:
+            data, rate = sf.read(path, dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as err:
+            raise ValueError(
+                f"Cannot read audio file {path}: {str(err).rstrip('.')}. Convert it to wav or "
+                f"flac (e.g. `ffmpeg -i {path} out.wav`)."
+            ) from err
+        if data.shape[0] == 0:
+            raise ValueError(f"Audio file {path} is empty (0 samples).")
+        signal = torch.from_numpy(data).mean(dim=1)
+        if not torch.isfinite(signal).all():
+            raise ValueError(f"Audio file {path} contains NaN or infinite samples.")
+        if rate != self.hparams.sample_rate:
+            signal = _resampler(int(rate), int(self.hparams.sample_rate))(signal)
+        return signal
+
+    # ------------------------------------------------------------------- embeddings ---
+    def encode_batch(self, wavs, wav_lens=None):
+        """L2-normalised speaker embeddings ``[B, D]`` of ``wavs [B, T]`` at ``sample_rate``
+        (``wav_lens``: SpeechBrain relative lengths, default all 1)."""
+        if wavs.dim() == 1:
+            wavs = wavs.unsqueeze(0)
+        wavs = wavs.to(self.device, torch.float32)
+        if wav_lens is None:
+            wav_lens = torch.ones(wavs.shape[0], device=self.device)
+        wav_lens = wav_lens.to(self.device)
+        chunk = int(self.hparams.chunk_seconds * self.hparams.sample_rate)
+        with torch.no_grad():
+            emb = embed_in_chunks(self.mods.embedder, wavs, wav_lens, chunk)
+        return F.normalize(emb.float(), dim=-1)
+
+    def encode_file(self, path):
+        """L2-normalised embedding ``[D]`` of an audio file (any rate and channel count)."""
+        return self.encode_batch(self.read_audio(path).unsqueeze(0))[0]
+
+    # ----------------------------------------------------------------- verification ---
+    def _threshold(self, threshold):
+        threshold = self.hparams.threshold if threshold is None else threshold
+        if threshold is None:
+            raise ValueError(
+                "This model was exported without a verification threshold (no evaluation "
+                "metrics): pass threshold=..., or run recipes/speaker/evaluate.py and export again."
+            )
+        return float(threshold)
+
+    def verify_batch(self, wavs1, wavs2, wav_lens1=None, wav_lens2=None, threshold=None):
+        """Cosine scores ``[B]`` between the two batches and decisions ``score > threshold``
+        (default: the EER threshold stored in ``hyperparams.yaml``)."""
+        threshold = self._threshold(threshold)
+        scores = (self.encode_batch(wavs1, wav_lens1) * self.encode_batch(wavs2, wav_lens2)).sum(-1)
+        return scores, scores > threshold
+
+    def verify_files(self, path_a, path_b, threshold=None):
+        """``(score, same_speaker)`` for two audio files: cosine score (float) and decision."""
+        threshold = self._threshold(threshold)
+        score = float(torch.dot(self.encode_file(path_a), self.encode_file(path_b)))
+        return score, score > threshold
+
+    # --------------------------------------------------------------- identification ---
+    def classify_batch(self, wavs, wav_lens=None, topk=5):
+        """Top-``topk`` training speakers of each utterance: ``(scores [B, k], labels)``, with
+        the ArcFace head's cosine scores, best first."""
+        emb = self.encode_batch(wavs, wav_lens)
+        with torch.no_grad():
+            scores = self.mods.classifier(emb.unsqueeze(1)).squeeze(1)
+        k = min(topk, scores.shape[-1])
+        best, index = scores.topk(k, dim=-1)
+        encoder = self.hparams.label_encoder
+        labels = [[encoder.decode_ndim(int(i)) for i in row] for row in index]
+        return best, labels
+
+    def classify_file(self, path, topk=5):
+        """``[(speaker, score), ...]``: the ``topk`` most likely training speakers, best first."""
+        scores, labels = self.classify_batch(self.read_audio(path).unsqueeze(0), topk=topk)
+        return list(zip(labels[0], scores[0].tolist(), strict=True))
+
+    def forward(self, wavs, wav_lens=None):
+        """Embeddings, as ``encode_batch``."""
+        return self.encode_batch(wavs, wav_lens)

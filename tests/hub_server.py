@@ -1,0 +1,149 @@
+"""A stand-in for the Hugging Face Hub on 127.0.0.1, for tests (no network in CI).
+
+Implements just what ``huggingface_hub`` (2.4) needs for ``create_repo``, ``create_branch``,
+``upload_folder`` (``preupload`` answers ``regular`` for every file, so the content comes inline
+in the NDJSON commit call, base64) and ``hf_hub_download`` (``HEAD``/``GET .../resolve/<rev>/<file>``
+with ``ETag``, ``X-Repo-Commit`` and ``Content-Length``). Writes need ``Authorization: Bearer
+<token>``; every request's headers are kept in ``requests`` so a test can check what was sent.
+
+    with HubServer(token="hf_test") as hub:   # hub.url -> HF_ENDPOINT
+        ...
+"""
+
+import base64
+import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlparse
+
+
+class HubServer:
+    """``repos[repo_id][revision][path] = bytes``; started on a free port by ``with``."""
+
+    def __init__(self, token):
+        self.token = token
+        self.repos = {}
+        self.requests = []  # (method, path, headers)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _handler(self):
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def reply(self, status, body=b"", headers=None):
+                if isinstance(body, (dict, list)):
+                    body = json.dumps(body).encode()
+                self.send_response(status)
+                for key, value in {"Content-Length": str(len(body)), **(headers or {})}.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def authorised(self):
+                if self.headers.get("Authorization") == f"Bearer {hub.token}":
+                    return True
+                self.reply(401, {"error": "Invalid credentials"}, {"X-Error-Code": "Unauthorized"})
+                return False
+
+            def body(self):
+                return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+            def do_POST(self):
+                hub.requests.append(("POST", self.path, dict(self.headers)))
+                if not self.authorised():
+                    return
+                path = unquote(urlparse(self.path).path)
+                data = self.body()
+                if path == "/api/repos/create":
+                    req = json.loads(data)
+                    repo = f"{req.get('organization') or 'user'}/{req['name']}"
+                    hub.repos.setdefault(repo, {"main": {}})
+                    return self.reply(200, {"url": f"{hub.url}/{repo}", "name": repo})
+                if path == "/api/validate-yaml":  # the README metadata: accepted as it is
+                    return self.reply(200, {"errors": [], "warnings": []})
+                parts = path.split("/")  # /api/models/<user>/<name>/<action>/<rev>
+                if len(parts) < 7:
+                    return self.reply(404, {"error": f"not implemented: {path}"})
+                repo, action, rev = "/".join(parts[3:5]), parts[5], "/".join(parts[6:])
+                if repo not in hub.repos:
+                    return self.reply(404, {"error": "Repository not found"})
+                revs = hub.repos[repo]
+                if action == "branch":
+                    revs.setdefault(rev, dict(revs["main"]))
+                    return self.reply(200, {})
+                if action == "preupload":
+                    files = json.loads(data)["files"]
+                    modes = [
+                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                        for f in files
+                    ]
+                    return self.reply(200, {"files": modes})
+                if action == "commit":
+                    if rev not in revs:
+                        return self.reply(
+                            404,
+                            {"error": "Revision not found"},
+                            {"X-Error-Code": "RevisionNotFound"},
+                        )
+                    for line in data.decode().splitlines():
+                        item = json.loads(line)
+                        if item["key"] == "file":
+                            value = item["value"]
+                            revs[rev][value["path"]] = base64.b64decode(value["content"])
+                    oid = hashlib.sha1(json.dumps(sorted(revs[rev])).encode()).hexdigest()
+                    return self.reply(
+                        200,
+                        {
+                            "commitUrl": f"{hub.url}/{repo}/commit/{oid}",
+                            "commitOid": oid,
+                            "pullRequestUrl": None,
+                        },
+                    )
+                return self.reply(404, {"error": f"not implemented: {path}"})
+
+            def do_HEAD(self):
+                self.do_GET()
+
+            def do_GET(self):
+                hub.requests.append((self.command, self.path, dict(self.headers)))
+                parts = unquote(urlparse(self.path).path).split("/")  # /<u>/<n>/resolve/<rev>/<f>
+                if len(parts) < 6 or parts[3] != "resolve":
+                    return self.reply(404, {"error": "not implemented"})
+                repo, rev, name = "/".join(parts[1:3]), parts[4], "/".join(parts[5:])
+                files = hub.repos.get(repo, {}).get(rev)
+                if files is None:
+                    return self.reply(
+                        404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
+                    )
+                if name not in files:
+                    return self.reply(
+                        404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"}
+                    )
+                content = files[name]
+                commit = hashlib.sha1(json.dumps(sorted(files)).encode()).hexdigest()
+                etag = hashlib.sha256(content).hexdigest()
+                self.reply(
+                    200,
+                    content,
+                    {
+                        "ETag": f'"{etag}"',
+                        "X-Repo-Commit": commit,
+                        "Content-Type": "application/octet-stream",
+                    },
+                )
+
+        return Handler
