@@ -116,3 +116,9 @@ if __name__ == "__main__":
         train_loader_kwargs=hparams["train_dataloader_opts"],
         valid_loader_kwargs=hparams["valid_dataloader_opts"],
     )
+    logger.info(
+        "To use or publish this model: python pretrained_interfaces/export.py %s --out %s "
+        "[--push user/repo] (after recipes/speaker/evaluate.py: metrics and the threshold)",
+        hparams["output_folder"],
+        f"{hparams['output_folder']}/exported",
+    )
