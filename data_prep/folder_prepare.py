@@ -34,6 +34,7 @@ from pathlib import Path
 
 from sepid.manifest import prep_is_done
 from sepid.prep import (
+    AUDIO_CHECKS_VERSION,
     Utterance,
     build_manifests,
     generate_trials,
@@ -173,6 +174,7 @@ def prepare_folder(
     with_trials = trial_speakers is not None
     options = {
         "prep": "folder",
+        "audio_checks": AUDIO_CHECKS_VERSION,
         "data_folder": str(data_folder.resolve()),
         "speakers": speakers_option(speakers),
         "n_iden_enrol": n_iden_enrol,

@@ -39,6 +39,7 @@ from pathlib import Path
 from sepid.audio import AudioError
 from sepid.manifest import prep_is_done
 from sepid.prep import (
+    AUDIO_CHECKS_VERSION,
     Utterance,
     build_manifests,
     file_fingerprint,
@@ -295,6 +296,7 @@ def prepare_voxceleb(
     with_trials = verification_file is not None
     options = {
         "prep": "voxceleb",
+        "audio_checks": AUDIO_CHECKS_VERSION,
         "data_folder": str(data_folder.resolve()),
         "speakers": speakers_option(speakers),
         "verification_file": (

@@ -4,11 +4,15 @@ Every signal is read through :func:`read_audio`: mono (stereo is downmixed), flo
 sample rate (resampled once through a cached ``torchaudio`` resampler, with a log line the first
 time a rate pair is met). Unreadable, empty or too short files raise an error naming the file and
 the fix, never a silent zero tensor.
+
+Data prep checks every file once with :func:`check_audio`: header, the end decodes (truncation),
+no NaN or infinite sample, and whether the file is digitally silent (:data:`SILENT_PEAK`).
 """
 
 import functools
 import logging
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
@@ -22,6 +26,44 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 
 class AudioError(ValueError):
     """An audio file that cannot be used as it is; the message names the file and the fix."""
+
+
+# A file whose every sample is below this magnitude is "digitally silent": it is all zeros once
+# written as 16-bit PCM (half of the 16-bit step, about -96 dBFS).
+SILENT_PEAK = 2.0**-16
+# Frames decoded at a time by check_audio: memory stays bounded whatever the file's length.
+# Integer files start with smaller blocks (x4 each time): usually the first is not silent.
+CHECK_BLOCK_FRAMES = 1 << 16
+CHECK_FIRST_BLOCK_FRAMES = 1 << 10
+# soundfile subtypes whose samples are integers: they cannot hold NaN or infinity.
+INTEGER_SUBTYPE_PREFIXES = ("PCM_", "ULAW", "ALAW")
+FIX_BAD_FILE = (
+    "Remove the file (or re-export it), or run data prep with skip_bad_files=True "
+    "(--skip_bad_files=True for a recipe, --skip_bad_files for data_prep/*.py) to leave it out "
+    "and list it in bad_files.txt."
+)
+
+
+@dataclass(frozen=True)
+class AudioCheck:
+    """What :func:`check_audio` found in a readable file.
+
+    Attributes
+    ----------
+    frames, sample_rate, channels : int
+        As :func:`audio_info`.
+    silent : bool
+        Every sample's magnitude is below :data:`SILENT_PEAK`.
+    full_decode : bool
+        Whether every sample was decoded (float and lossy files), or only the blocks up to the
+        first non-silent one and the end (integer files, which cannot hold NaN).
+    """
+
+    frames: int
+    sample_rate: int
+    channels: int
+    silent: bool
+    full_decode: bool
 
 
 def _check_exists(path):
@@ -58,7 +100,8 @@ def probe_audio(path, tail_frames=160):
     """Like :func:`audio_info`, and also decodes the last ``tail_frames`` frames, which catches
     truncated files whose header still announces the full length (a cut flac, for example).
 
-    Costs about one seek and one small read per file, so data prep can check every file.
+    Costs about one seek and one small read per file. Data prep uses :func:`check_audio`, which
+    also checks the samples (NaN, infinity, silence).
 
     Returns
     -------
@@ -92,6 +135,78 @@ def probe_audio(path, tail_frames=160):
             "re-extract or re-download it, or run data prep with skip_bad_files=True."
         ) from err
     return num_frames, sample_rate, channels
+
+
+def _truncated(path, num_frames):
+    return AudioError(
+        f"Audio file {path} announces {num_frames} frames but its end cannot be read "
+        "(truncated?). Re-extract or re-download it, or run data prep with skip_bad_files=True."
+    )
+
+
+def check_audio(path, tail_frames=160, block_frames=CHECK_BLOCK_FRAMES):
+    """Checks a file as data prep needs: it opens, its end decodes, no sample is NaN or
+    infinite, and whether it is digitally silent.
+
+    The samples are streamed in blocks of ``block_frames`` (memory bounded, ``numpy.isfinite``
+    and the peak per block). Files with integer samples (PCM wav, flac: the usual corpora) cannot
+    hold NaN, so decoding stops at the first block with a sample at or above
+    :data:`SILENT_PEAK` (usually the first), then the last ``tail_frames`` frames are decoded as
+    in :func:`probe_audio`; float and lossy files are decoded entirely. Both answers are exact:
+    a NaN anywhere in a float file, and a silent file of any format, are found.
+
+    Returns
+    -------
+    AudioCheck
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    AudioError
+        The file cannot be opened or decoded, is empty or truncated, or holds a NaN or infinite
+        sample (the message gives the time of the first one and the fix).
+    """
+    path = str(path)
+    _check_exists(path)
+    try:
+        with sf.SoundFile(path) as f:
+            num_frames, sample_rate, channels = f.frames, f.samplerate, f.channels
+            if num_frames == 0:
+                raise AudioError(f"Audio file {path} is empty (0 samples). " + FIX_BAD_FILE)
+            full = not f.subtype.startswith(INTEGER_SUBTYPE_PREFIXES)
+            buffer = np.empty((min(block_frames, num_frames), channels), dtype="float32")
+            # Integer files: small blocks first (speech is rarely silent for long), growing.
+            step = buffer.shape[0] if full else min(CHECK_FIRST_BLOCK_FRAMES, buffer.shape[0])
+            position, loud = 0, False
+            while position < num_frames:
+                block = f.read(out=buffer[:step])
+                step = min(4 * step, buffer.shape[0])
+                if block.shape[0] == 0:
+                    raise _truncated(path, num_frames)
+                finite = np.isfinite(block)
+                if not finite.all():
+                    first = position + int(np.flatnonzero(~finite.all(axis=1))[0])
+                    raise AudioError(
+                        f"Audio file {path} holds NaN or infinite samples (the first at "
+                        f"{first / sample_rate:.3f} s, frame {first}): it would poison training. "
+                        + FIX_BAD_FILE
+                    )
+                position += block.shape[0]
+                if not loud and float(np.abs(block).max()) >= SILENT_PEAK:
+                    loud = True
+                    if not full:
+                        break
+            if position < num_frames:
+                f.seek(max(0, num_frames - tail_frames))
+                if f.read(tail_frames, dtype="float32", always_2d=True).shape[0] == 0:
+                    raise _truncated(path, num_frames)
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise AudioError(
+            f"Cannot read audio file {path}: {str(err).rstrip('.')}. The file is truncated or not "
+            "audio; re-extract or re-download it, or run data prep with skip_bad_files=True."
+        ) from err
+    return AudioCheck(num_frames, sample_rate, channels, not loud, full)
 
 
 @functools.lru_cache(maxsize=32)
@@ -151,7 +266,7 @@ def read_audio(path, sample_rate=None, min_duration=0.0, start=0, stop=None):
         data = data.mean(axis=1, keepdims=True)
     signal = torch.from_numpy(np.ascontiguousarray(data[:, 0]))
     if not torch.isfinite(signal).all():
-        raise AudioError(f"Audio file {path} contains NaN or infinite samples.")
+        raise AudioError(f"Audio file {path} contains NaN or infinite samples. " + FIX_BAD_FILE)
     if sample_rate is not None and file_rate != sample_rate:
         signal = resample(signal, file_rate, sample_rate)
     return signal

@@ -8,8 +8,10 @@ import soundfile as sf
 import torch
 
 from sepid.audio import (
+    SILENT_PEAK,
     AudioError,
     audio_info,
+    check_audio,
     get_resampler,
     probe_audio,
     read_audio,
@@ -110,3 +112,52 @@ def test_missing_file_raises_file_not_found(tmp_path):
 
 def test_probe_matches_info():
     assert probe_audio(SAMPLE) == audio_info(SAMPLE) == (45360, 16000, 1)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize("block_frames", [256, 1 << 16])
+def test_check_audio_finds_non_finite_samples_anywhere(tmp_path, value, block_frames):
+    sig = _sine(16000, 16000)
+    sig[12345] = value  # the middle of a block, far from the last frames
+    path = tmp_path / "nan.wav"
+    sf.write(path, sig, 16000, subtype="FLOAT")
+    assert probe_audio(path) == (16000, 16000, 1)  # the end-only probe does not see it
+    with pytest.raises(AudioError, match=rf"{path} holds NaN.*0\.772 s, frame 12345"):
+        check_audio(path, block_frames=block_frames)
+    with pytest.raises(AudioError, match="skip_bad_files=True"):
+        read_audio(path)
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "FLOAT"])
+def test_check_audio_silence(tmp_path, subtype):
+    rate = 16000
+    path = tmp_path / "x.wav"
+    sf.write(path, np.zeros(3 * rate, dtype=np.float32), rate, subtype=subtype)
+    assert check_audio(path).silent
+    below = np.full(rate, 0.5 * SILENT_PEAK, dtype=np.float32)
+    sf.write(path, below, rate, subtype=subtype)
+    assert check_audio(path).silent  # zero in 16-bit PCM
+    late = np.zeros(3 * rate, dtype=np.float32)
+    late[-100] = 0.1  # silent but for one sample near the end
+    sf.write(path, late, rate, subtype=subtype)
+    result = check_audio(path, block_frames=1000)
+    assert not result.silent and result.full_decode == (subtype == "FLOAT")
+    assert (result.frames, result.sample_rate, result.channels) == (3 * rate, rate, 1)
+
+
+def test_check_audio_stops_early_on_integer_files():
+    result = check_audio(SAMPLE)
+    assert not result.silent and not result.full_decode
+    assert (result.frames, result.sample_rate, result.channels) == probe_audio(SAMPLE)
+
+
+def test_check_audio_empty_and_truncated(tmp_path):
+    empty = tmp_path / "empty.wav"
+    sf.write(empty, np.zeros(0, dtype=np.float32), 16000)
+    with pytest.raises(AudioError, match=f"{empty} is empty"):
+        check_audio(empty)
+    flac = Path(SAMPLE).read_bytes()
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(flac[: len(flac) // 2])
+    with pytest.raises(AudioError, match=str(cut)):
+        check_audio(cut)

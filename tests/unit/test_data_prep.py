@@ -300,6 +300,71 @@ def test_bad_audio_file(vox, tmp_path, kind):
     assert len(set(everything)) == 31
 
 
+def _poison(path, clip, value):
+    """A float32 wav whose samples are ``clip`` with ``value`` (NaN or inf) in the middle."""
+    sig = clip.copy()
+    sig[len(sig) // 2 : len(sig) // 2 + 3] = value
+    sf.write(path, sig, RATE, subtype="FLOAT")
+    return path
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_samples_found_at_prep(vox, tmp_path, clips, value):
+    data, trials = vox
+    bad = _poison(data / "wav/id10002/vid1/00003.wav", clips[0], value)
+    with pytest.raises(ValueError, match="NaN or infinite") as err:
+        prepare_voxceleb(data, tmp_path / "s", verification_file=trials)
+    message = str(err.value)
+    assert str(bad) in message and "0.750 s" in message
+    assert "--skip_bad_files=True" in message and "Remove the file" in message
+    assert not (tmp_path / "s" / "prep_options.json").exists()
+    out = prepare_voxceleb(data, tmp_path / "s", verification_file=trials, skip_bad_files=True)
+    listed = Path(out["bad_files"]).read_text()
+    assert f"{bad}\t" in listed and "NaN or infinite" in listed
+    everything = [i for n in SPLIT_CSVS for i in ids(tmp_path / "s", n)]
+    assert "id10002--vid1--00003" not in everything
+    assert len(set(everything)) == 31
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "FLOAT"])
+def test_silent_file_warned_or_skipped(vox, tmp_path, caplog, subtype):
+    data, trials = vox
+    silent = data / "wav/id10003/vid1/00002.wav"  # also named in a target trial
+    sf.write(silent, np.zeros(2 * RATE, dtype=np.float32), RATE, subtype=subtype)
+    with caplog.at_level(logging.WARNING):
+        out = prepare_voxceleb(data, tmp_path / "s", verification_file=trials)
+    assert "1 file(s) are digitally silent" in caplog.text and str(silent) in caplog.text
+    assert "skip_bad_files=True" in caplog.text
+    assert "bad_files" not in out
+    everything = {i for n in SPLIT_CSVS for i in ids(tmp_path / "s", n)}
+    assert "id10003--vid1--00002" in everything  # kept, as the warning says
+    caplog.clear()
+    out = prepare_voxceleb(data, tmp_path / "s2", verification_file=trials, skip_bad_files=True)
+    assert f"{silent}\tdigitally silent" in Path(out["bad_files"]).read_text()
+    for name in SPLIT_CSVS + ["veri_utts.csv"]:
+        assert "id10003--vid1--00002" not in ids(tmp_path / "s2", name)
+    assert len(read_csv(out["veri_trials"])) == len(VOX_TRIALS) - 1
+
+
+def test_non_finite_and_silent_files_in_folder_prep(tmp_path, clips):
+    data = tmp_path / "spk"
+    for spk in ["a", "b"]:
+        (data / spk).mkdir(parents=True)
+        for u in range(6):
+            sf.write(data / spk / f"{u}.wav", clips[u], RATE)
+    nan = _poison(data / "a" / "1.wav", clips[1], np.nan)
+    silent = data / "b" / "4.wav"
+    sf.write(silent, np.zeros(RATE, dtype=np.float32), RATE)
+    with pytest.raises(ValueError, match=f"{nan}.*NaN"):
+        prepare_folder(data, tmp_path / "s")
+    out = prepare_folder(data, tmp_path / "s", skip_bad_files=True)
+    listed = dict(line.split("\t") for line in Path(out["bad_files"]).read_text().splitlines())
+    assert set(listed) == {str(nan), str(silent)}
+    assert listed[str(silent)].startswith("digitally silent")
+    kept = {r["ID"] for n in SPLIT_CSVS for r in read_csv(Path(out[n[:-4]]))}
+    assert not kept & {"a--1", "b--4"}
+
+
 def test_bad_file_in_folder_prep(tmp_path, clips):
     data = tmp_path / "spk"
     for spk in ["a", "b"]:
