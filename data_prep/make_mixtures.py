@@ -155,7 +155,8 @@ def check_save_folder(save_folder, overwrite=False):
     Returns
     -------
     bool
-        Whether the folder is this tool's own (its stale outputs may then be deleted).
+        Whether the folder is this tool's own (empty, new, or written by it): its temporary
+        leftovers may then be removed, its outputs only with ``overwrite=True``.
     """
     save_folder = Path(save_folder)
     if save_folder.exists() and not save_folder.is_dir():
