@@ -4,7 +4,8 @@ Implements just what ``huggingface_hub`` (2.4) needs for ``create_repo``, ``crea
 ``upload_folder`` (``preupload`` answers ``regular`` for every file, so the content comes inline
 in the NDJSON commit call, base64) and ``hf_hub_download`` (``HEAD``/``GET .../resolve/<rev>/<file>``
 with ``ETag``, ``X-Repo-Commit`` and ``Content-Length``). Writes need ``Authorization: Bearer
-<token>``; every request's headers are kept in ``requests`` so a test can check what was sent.
+<token>``; every request's headers (lower-case names) are kept in ``requests`` so a test can
+check what was sent.
 
     with HubServer(token="hf_test") as hub:   # hub.url -> HF_ENDPOINT
         ...
@@ -53,6 +54,9 @@ class HubServer:
                 if self.command != "HEAD":
                     self.wfile.write(body)
 
+            def header_dict(self):
+                return {k.lower(): v for k, v in self.headers.items()}
+
             def authorised(self):
                 if self.headers.get("Authorization") == f"Bearer {hub.token}":
                     return True
@@ -63,7 +67,7 @@ class HubServer:
                 return self.rfile.read(int(self.headers.get("Content-Length", 0)))
 
             def do_POST(self):
-                hub.requests.append(("POST", self.path, dict(self.headers)))
+                hub.requests.append(("POST", self.path, self.header_dict()))
                 if not self.authorised():
                     return
                 path = unquote(urlparse(self.path).path)
@@ -119,7 +123,7 @@ class HubServer:
                 self.do_GET()
 
             def do_GET(self):
-                hub.requests.append((self.command, self.path, dict(self.headers)))
+                hub.requests.append((self.command, self.path, self.header_dict()))
                 parts = unquote(urlparse(self.path).path).split("/")  # /<u>/<n>/resolve/<rev>/<f>
                 if len(parts) < 6 or parts[3] != "resolve":
                     return self.reply(404, {"error": "not implemented"})

@@ -313,6 +313,8 @@ class WavLMSpeakerInterface(Pretrained):
         missing = [m for m in self.MODULES_NEEDED if m not in self.mods]
         if missing:
             raise ValueError(f"hyperparams.yaml declares no module(s) {missing} under `modules:`.")
+        n_classes = self.mods.classifier.weight.shape[0]
+        self.hparams.label_encoder.expect_len(n_classes)
 
     @classmethod
     def from_hparams(cls, source, hparams_file="hyperparams.yaml", **kwargs):

@@ -1,0 +1,358 @@
+"""The speaker model's way out of an experiment: ``pretrained_interfaces/export.py`` writes a
+Hub-ready folder from the tiny trained demo model, which loads back with ``foreign_class`` /
+``from_hparams`` (locally and through a stand-in Hub on 127.0.0.1) and gives the training
+modules' embeddings."""
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+from speechbrain.inference.interfaces import foreign_class
+
+from pretrained_interfaces.export import (
+    PublishError,
+    export_speaker,
+    load_run,
+    push_folder,
+)
+from pretrained_interfaces.speaker.custom_interface import WavLMSpeakerInterface
+from sepid.models.speaker import embed_in_chunks
+from tests.helpers import CORPUS, ROOT, run_script
+from tests.hub_server import HubServer
+
+YAML = "hparams/demo/wavlm-lora-arcface.yaml"
+TRAIN_SPEAKERS = {
+    "1688": "1688-142285",
+    "1998": "1998-15444",
+    "2033": "2033-164914",
+    "2414": "2414-128291",
+    "2609": "2609-156975",
+}
+# Exported vs training modules, float32 on CPU: merged LoRA weights are W + BA computed once
+# instead of at every forward, so the two agree to rounding.
+ATOL = 1e-5
+TOKEN = "hf_standin_secret_0123456789"
+
+
+def utt(speaker, i):
+    return CORPUS / speaker / f"{TRAIN_SPEAKERS[speaker]}-{i:04d}.flac"
+
+
+def load(folder, **kwargs):
+    return foreign_class(
+        source=str(folder),
+        pymodule_file="custom_interface.py",
+        classname="WavLMSpeakerInterface",
+        **kwargs,
+    )
+
+
+def listing(folder):
+    """name -> sha256 of every file under ``folder``."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def run(speaker_experiment, tmp_path_factory):
+    """A copy of the session's trained demo model, evaluated (eval/metrics.json: the model card
+    results and the EER threshold)."""
+    out = tmp_path_factory.mktemp("interface") / "run"
+    shutil.copytree(speaker_experiment, out)
+    run_script(["recipes/speaker/evaluate.py", YAML, f"--output_folder={out}"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(run):
+    return export_speaker(run_folder=run, out=run.parent / "exported")
+
+
+@pytest.fixture(scope="module")
+def model(exported):
+    return load(exported)
+
+
+@pytest.fixture(scope="module")
+def training_encoder(run):
+    """The training encoder (LoRA unmerged) with the best checkpoint, built independently."""
+    hparams, _, _ = load_run(run)
+    return hparams
+
+
+def test_export_writes_a_hub_ready_folder(run, exported):
+    assert sorted(p.name for p in exported.iterdir()) == [
+        "README.md",
+        "classifier.ckpt",
+        "custom_interface.py",
+        "embedder.ckpt",
+        "hyperparams.yaml",
+        "label_encoder.ckpt",
+    ]
+    assert not list(exported.parent.glob(".exported.*")), "temporary folder left behind"
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    cosine = metrics["models"]["finetuned"]["verification"]["cosine"]
+    yaml_text = (exported / "hyperparams.yaml").read_text()
+    assert re.search(r"^threshold: (\S+)$", yaml_text, re.M).group(1) == json.dumps(
+        cosine["eer_threshold"]
+    )
+    assert re.search(r"^lora: null$", yaml_text, re.M)  # merged by default
+    card = (exported / "README.md").read_text()
+    header = card.split("---")[1]
+    assert "library_name: speechbrain" in header and "license: apache-2.0" in header
+    assert "model-index:" in header and "- librispeech" in header
+    assert f"value: {round(cosine['eer'] * 100, 4)}" in header
+    assert "foreign_class(" in card and "recipes/speaker/train.py" in card
+    assert "## Limitations" in card
+
+
+def test_round_trip_gives_the_training_embeddings(exported, training_encoder):
+    """foreign_class and from_hparams give the training modules' embeddings, short and long
+    (chunked) inputs alike."""
+    encoder = training_encoder["encoder"]
+    chunk = int(training_encoder["eval_chunk_seconds"] * 16000)
+    short = sf.read(utt("1998", 4), dtype="float32")[0][: 3 * 16000]
+    long = sf.read(utt("1688", 0), dtype="float32")[0]  # 15 s: two chunks of 8 s
+    assert len(long) > 1.5 * chunk
+    by_foreign = load(exported)
+    by_class = WavLMSpeakerInterface.from_hparams(source=str(exported))
+    for wav in (short, long):
+        wav = torch.from_numpy(wav).unsqueeze(0)
+        with torch.no_grad():
+            expected = F.normalize(embed_in_chunks(encoder, wav, torch.ones(1), chunk), dim=-1)
+        for interface in (by_foreign, by_class):
+            got = interface.encode_batch(wav, torch.ones(1))
+            assert got.shape == expected.shape
+            torch.testing.assert_close(got, expected, atol=ATOL, rtol=0)
+            assert torch.allclose(got.norm(dim=-1), torch.ones(1))
+    # encode_file reads the same samples
+    torch.testing.assert_close(
+        by_class.encode_file(utt("1688", 0)),
+        by_class.encode_batch(torch.from_numpy(long).unsqueeze(0))[0],
+        atol=0,
+        rtol=0,
+    )
+
+
+def test_adapters_export_round_trip(run, tmp_path, training_encoder):
+    """--adapters: LoRA tensors and head only, base WavLM weights fetched by the Pretrainer from
+    the base model; same embeddings, a smaller weight file."""
+    out = export_speaker(run_folder=run, out=tmp_path / "adapters", adapters=True)
+    merged_size = (run.parent / "exported" / "embedder.ckpt").stat().st_size
+    assert (out / "embedder.ckpt").stat().st_size < merged_size
+    assert "tiny-wavlm/model.safetensors" in (out / "hyperparams.yaml").read_text()
+    wav = torch.from_numpy(sf.read(utt("2033", 2), dtype="float32")[0]).unsqueeze(0)
+    with torch.no_grad():
+        expected = F.normalize(training_encoder["encoder"](wav), dim=-1)
+    torch.testing.assert_close(load(out).encode_batch(wav), expected, atol=ATOL, rtol=0)
+
+
+def test_any_sample_rate_and_channel_count(model, tmp_path, caplog):
+    wav, rate = sf.read(utt("2414", 2), dtype="float32")
+    stereo = tmp_path / "stereo.wav"
+    sf.write(stereo, torch.stack([torch.from_numpy(wav)] * 2, dim=1).numpy(), rate)
+    torch.testing.assert_close(model.encode_file(stereo), model.encode_file(utt("2414", 2)))
+    low = torch.from_numpy(wav[::2].copy())  # 8 kHz
+    low_file = tmp_path / "low.wav"
+    sf.write(low_file, low.numpy(), 8000, subtype="FLOAT")
+    type(model).read_audio.__globals__["_resampler"].cache_clear()  # logs once per rate pair
+    with caplog.at_level(logging.INFO):
+        got = model.read_audio(low_file)
+    assert got.shape[0] == 2 * low.shape[0]
+    assert "Resampling audio from 8000 Hz to 16000 Hz" in caplog.text
+    expected = model.encode_batch(got.unsqueeze(0))[0]
+    torch.testing.assert_close(model.encode_file(low_file), expected, atol=0, rtol=0)
+
+
+def test_verify_files_scores_same_speaker_above_different_speakers(model):
+    """The tiny model trained 1 epoch on these 5 speakers separates them weakly: measured mean
+    cosine 0.968 (same) vs 0.928 (different) over these pairs, so the test compares averages."""
+    speakers = sorted(TRAIN_SPEAKERS)
+    same = [model.verify_files(utt(s, 7), utt(s, 8))[0] for s in speakers]
+    diff = [
+        model.verify_files(utt(a, 7), utt(b, 8))[0]
+        for a, b in zip(speakers, speakers[1:] + speakers[:1], strict=True)
+    ]
+    assert sum(same) / len(same) > sum(diff) / len(diff), (same, diff)
+    assert all(-1.0 - 1e-6 <= s <= 1.0 + 1e-6 for s in same + diff)
+
+
+def test_verification_threshold_default_and_override(model, run):
+    cosine = json.loads((run / "eval" / "metrics.json").read_text())["models"]["finetuned"]
+    threshold = cosine["verification"]["cosine"]["eer_threshold"]
+    a, b = utt("2609", 1), utt("2609", 2)
+    score, same = model.verify_files(a, b)
+    assert same == (score > threshold)
+    assert model.verify_files(a, b, threshold=score - 1e-3) == (score, True)
+    assert model.verify_files(a, b, threshold=score + 1e-3) == (score, False)
+    wavs = [torch.from_numpy(sf.read(f, dtype="float32")[0][:32000]) for f in (a, b)]
+    scores, decisions = model.verify_batch(wavs[0][None], wavs[1][None], threshold=-1.0)
+    assert scores.shape == (1,) and decisions.tolist() == [True]
+
+
+def test_classify_file_ranks_training_speakers(model):
+    weights = F.normalize(model.mods.classifier.weight, dim=-1)
+    correct = 0
+    for speaker in sorted(TRAIN_SPEAKERS):
+        for i in range(3):
+            top = model.classify_file(utt(speaker, i), topk=3)
+            assert len(top) == 3 and {s for s, _ in top} <= set(TRAIN_SPEAKERS)
+            assert [s for _, s in top] == sorted((s for _, s in top), reverse=True)
+            cosines = weights @ model.encode_file(utt(speaker, i))
+            best = model.hparams.label_encoder.ind2lab[int(cosines.argmax())]
+            assert top[0][0] == best and abs(top[0][1] - float(cosines.max())) < 1e-5
+            correct += top[0][0] == speaker
+    assert correct / 15 > 1 / 5, f"top-1 {correct}/15 is not above chance"
+
+
+def test_unreadable_audio_names_the_file(model, tmp_path):
+    bad = tmp_path / "not-audio.wav"
+    bad.write_text("this is not audio")
+    with pytest.raises(ValueError, match=re.escape(str(bad))):
+        model.encode_file(bad)
+    with pytest.raises(FileNotFoundError, match="missing.flac"):
+        model.verify_files(tmp_path / "missing.flac", utt("1688", 1))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_hub_round_trip_through_a_local_stand_in(run, exported, tmp_path):
+    """export.py --push to the stand-in Hub (HF_ENDPOINT), then from_hparams("user/repo") into
+    an empty cache: the same files, the same embeddings, the token in no output."""
+    wav = utt("2033", 3)
+    with HubServer(token=TOKEN) as hub:
+        env = {
+            **os.environ,
+            "HF_ENDPOINT": hub.url,
+            "HF_TOKEN": TOKEN,
+            "HF_HOME": str(tmp_path / "hf-push"),
+        }
+        out = tmp_path / "pushed"
+        cmd = ["pretrained_interfaces/export.py", str(run), "--out", str(out)]
+        cmd += ["--push", "user/spk", "--revision", "v1"]
+        push = subprocess.run(
+            [sys.executable, *cmd], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert push.returncode == 0, push.stderr[-3000:]
+        assert f"{hub.url}/user/spk/commit/" in push.stdout
+        files = hub.repos["user/spk"]["v1"]
+        assert {k: hashlib.sha256(v).hexdigest() for k, v in files.items()} == listing(out)
+        assert listing(out) == listing(exported) | {"README.md": listing(out)["README.md"]}
+        sent = [h.get("authorization") for m, _, h in hub.requests if m == "POST"]
+        assert sent and all(a == f"Bearer {TOKEN}" for a in sent)
+
+        code = (
+            "import sys, torch\n"
+            "from pretrained_interfaces.speaker.custom_interface import WavLMSpeakerInterface\n"
+            "from speechbrain.utils.fetching import FetchConfig\n"
+            "m = WavLMSpeakerInterface.from_hparams(source='user/spk', savedir=sys.argv[1],\n"
+            "    fetch_config=FetchConfig(revision='v1'))\n"
+            "torch.save(m.encode_file(sys.argv[2]), sys.argv[3])\n"
+        )
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-load")}
+        env.pop("HF_TOKEN", None)
+        emb_file = tmp_path / "emb.pt"
+        load_proc = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "savedir"), str(wav), str(emb_file)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert load_proc.returncode == 0, load_proc.stderr[-3000:]
+        downloads = [p for m, p, _ in hub.requests if m == "GET" and "/resolve/v1/" in p]
+        assert {p.rsplit("/", 1)[1] for p in downloads} >= {"hyperparams.yaml", "embedder.ckpt"}
+    for text in (push.stdout, push.stderr, load_proc.stdout, load_proc.stderr):
+        assert TOKEN not in text
+    expected = load(exported).encode_file(wav)
+    torch.testing.assert_close(torch.load(emb_file), expected, atol=ATOL, rtol=0)
+
+
+# ------------------------------------------------------------------------ errors ---
+def test_missing_folder_is_one_clear_error(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        WavLMSpeakerInterface.from_hparams(source=str(missing))
+    with pytest.raises(FileNotFoundError, match="hyperparams.yaml"):
+        export_speaker(run_folder=tmp_path / "no-such-run", out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_weight_file_is_one_clear_error(exported, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(exported, broken)
+    (broken / "embedder.ckpt").unlink()
+    with pytest.raises(FileNotFoundError, match="embedder.ckpt"):
+        WavLMSpeakerInterface.from_hparams(source=str(broken))
+    with pytest.raises(FileNotFoundError, match="embedder.ckpt"):
+        load(broken)
+
+
+def test_wrong_class_name_is_one_clear_error(exported):
+    with pytest.raises(AttributeError, match="NoSuchInterface"):
+        foreign_class(
+            source=str(exported), pymodule_file="custom_interface.py", classname="NoSuchInterface"
+        )
+
+
+def test_no_network_leaves_the_folder_intact(exported):
+    before = listing(exported)
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(PublishError, match="intact") as err:
+        push_folder(exported, "user/spk", token=TOKEN, endpoint=endpoint)
+    assert TOKEN not in str(err.value) and endpoint in str(err.value)
+    assert listing(exported) == before
+
+
+def test_no_token_is_one_clear_error(exported, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "token"))
+    before = listing(exported)
+    with HubServer(token=TOKEN) as hub:
+        with pytest.raises(PublishError, match="HF_TOKEN"):
+            push_folder(exported, "user/spk", endpoint=hub.url)
+        assert hub.requests == []  # refused before any request
+        with pytest.raises(PublishError, match="401|Unauthorized|credentials"):
+            push_folder(exported, "user/spk", token="hf_wrong", endpoint=hub.url)
+    assert listing(exported) == before
+
+
+def test_export_refuses_to_overwrite_and_leaves_nothing_half_written(run, tmp_path):
+    out = tmp_path / "existing"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        export_speaker(run_folder=run, out=out)
+    assert listing(out) == {"keep.txt": hashlib.sha256(b"mine").hexdigest()}
+    # a run without a checkpoint fails after the checks: no folder, no temporary left
+    no_ckpt = tmp_path / "no-ckpt"
+    shutil.copytree(run, no_ckpt, ignore=shutil.ignore_patterns("CKPT+*"))
+    text = (no_ckpt / "hyperparams.yaml").read_text().replace(str(run), str(no_ckpt))
+    (no_ckpt / "hyperparams.yaml").write_text(text)
+    with pytest.raises(FileNotFoundError, match="No checkpoint"):
+        export_speaker(run_folder=no_ckpt, out=tmp_path / "never")
+    assert not (tmp_path / "never").exists() and not list(tmp_path.glob(".never*"))
+    # --overwrite replaces the folder as a whole
+    export_speaker(run_folder=run, out=out, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "embedder.ckpt").is_file()
+    assert not list(tmp_path.glob(".existing*"))
