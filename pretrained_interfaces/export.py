@@ -224,19 +224,12 @@ def _train_summary(hparams, run_folder):
 
 
 def _card_metrics(metrics):
-    """``(verification, identification)`` results of the fine-tuned and base model."""
+    """``(model, set, scoring, metrics)`` rows of ``metrics.json``, fine-tuned model first."""
     rows = []
     for tag in ("finetuned", "pretrained"):
-        report = metrics["models"].get(tag)
-        if not report:
-            continue
-        for set_name, kinds in report.items():
-            if set_name.startswith("identification_"):
-                for kind, values in kinds.items():
-                    rows.append((tag, set_name, kind, values))
-            else:
-                for kind, values in kinds.items():
-                    rows.append((tag, set_name, kind, values))
+        for set_name, kinds in metrics["models"].get(tag, {}).items():
+            for kind, values in kinds.items():
+                rows.append((tag, set_name, kind, values))
     return rows
 
 
