@@ -6,8 +6,9 @@ loss on each separated output, whose label is the speaker of the reference sourc
 permutation assigned to it. Nothing is detached between the separator and the speaker branch, so
 the speaker loss reaches the separator. Mixtures are drawn on the fly (dynamic mixing) with the
 same speed perturbation applied to both sources before mixing. Gradient accumulation, clipping,
-mixed precision and skipping of non-finite losses are the Brain's own
-(``grad_accumulation_factor``, ``max_grad_norm``, ``precision``, ``nonfinite_patience``).
+mixed precision are the Brain's own (``grad_accumulation_factor``, ``max_grad_norm``,
+``precision``); a step whose loss or gradients are not finite is skipped and counted, and a
+non-finite validation is never checkpointed (``sepid.training.FiniteBrain``).
 
 To run::
 
@@ -32,11 +33,12 @@ from sepid.mixtures import DynamicMixingDataset, mixture_collate
 from sepid.models.joint import output_labels, pit_si_snr_loss, separate_with_modules
 from sepid.models.speaker import log_trainable_parameters
 from sepid.separation_data import written_mixture_dataset
+from sepid.training import FiniteBrain, check_trainable_data
 
 logger = get_logger(__name__)
 
 
-class JointBrain(sb.Brain):
+class JointBrain(FiniteBrain):
     """SepFormer + speaker branch, trained with PIT SI-SNR + permutation-aligned speaker loss."""
 
     def compute_forward(self, batch, stage):
@@ -78,7 +80,7 @@ class JointBrain(sb.Brain):
         si_snr = si_snr_loss.mean()
         if stage == sb.Stage.TRAIN and self.hparams.threshold_byloss:
             # Training only (as SpeechBrain's SepFormer recipes): drop trivial examples. With
-            # none left the loss is NaN, which the Brain's non-finite check skips and counts.
+            # none left the loss is NaN: FiniteBrain skips that step and counts it.
             keep = si_snr_loss > self.hparams.loss_lower_lim
             self.n_dropped += int((~keep).sum())
             si_snr = si_snr_loss[keep].mean() if keep.any() else si_snr_loss.sum() * float("nan")
@@ -96,6 +98,7 @@ class JointBrain(sb.Brain):
         return loss
 
     def on_stage_start(self, stage, epoch=None):
+        super().on_stage_start(stage, epoch)  # non-finite counters
         self.n_dropped = 0
         self.si_snri, self.correct = [], []
         if stage == sb.Stage.TRAIN and isinstance(self.train_set, DynamicMixingDataset):
@@ -103,7 +106,11 @@ class JointBrain(sb.Brain):
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage == sb.Stage.TRAIN:
-            self.train_stats = {"loss": stage_loss, "dropped_examples": self.n_dropped}
+            self.train_stats = {
+                "loss": stage_loss,
+                "dropped_examples": self.n_dropped,
+                "nonfinite_skipped": self.nonfinite_skipped,
+            }
             return
         n = len(self.si_snri)
         stats = {
@@ -114,18 +121,20 @@ class JointBrain(sb.Brain):
             ),
         }
         if stage == sb.Stage.VALID:
+            # SpeechBrain's ReduceLROnPlateau only returns the new rate: apply it.
             old_lr, new_lr = self.hparams.lr_scheduler([self.optimizer], epoch, stats["loss"])
+            sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
             self.hparams.train_logger.log_stats(
-                stats_meta={
-                    "epoch": epoch,
-                    "lr": old_lr,
-                    "nonfinite_skipped": self.nonfinite_count,
-                },
+                stats_meta={"epoch": epoch, "lr": old_lr, "next_lr": new_lr},
                 train_stats=self.train_stats,
                 valid_stats=stats,
             )
-            self.checkpointer.save_and_keep_only(
-                meta={"si_snri": stats["si_snri"]}, max_keys=["si_snri"], num_to_keep=2
+            self.checkpoint_if_finite(
+                stage_loss,
+                stats,
+                meta={"si_snri": stats["si_snri"]},
+                max_keys=["si_snri"],
+                num_to_keep=2,
             )
 
 
@@ -199,6 +208,12 @@ if __name__ == "__main__":
     train_set, valid_set = mixture_datasets(hparams)
     label_encoder = hparams["speaker"].label_encoder
     check_speaker_classes(train_set, valid_set, label_encoder)
+    check_trainable_data(
+        n_classes=len(mixture_speakers(train_set)),
+        n_train_items=len(train_set),
+        loader_options=hparams["train_dataloader_opts"],
+        where=hparams["train_mixture_folder"] or hparams["speaker_manifest"],
+    )
 
     if hparams["freeze_separator"]:
         for name in ("separator_encoder", "masknet", "separator_decoder"):

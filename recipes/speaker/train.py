@@ -29,11 +29,12 @@ from sepid.dataio import speaker_train_datasets
 from sepid.distributed import global_mean
 from sepid.experiment import start_experiment
 from sepid.models.speaker import log_trainable_parameters, set_classifier_outputs
+from sepid.training import FiniteBrain, check_trainable_data
 
 logger = get_logger(__name__)
 
 
-class SpeakerBrain(sb.Brain):
+class SpeakerBrain(FiniteBrain):
     """WavLM + LoRA + ArcFace speaker classifier."""
 
     def compute_forward(self, batch, stage):
@@ -61,12 +62,13 @@ class SpeakerBrain(sb.Brain):
             self.hparams.lr_scheduler(self.optimizer)
 
     def on_stage_start(self, stage, epoch=None):
+        super().on_stage_start(stage, epoch)  # non-finite counters
         if stage != sb.Stage.TRAIN:
             self.error_metrics = self.hparams.error_stats()
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage == sb.Stage.TRAIN:
-            self.train_stats = {"loss": stage_loss}
+            self.train_stats = {"loss": stage_loss, "nonfinite_skipped": self.nonfinite_skipped}
             return
         # Every rank logs and checkpoints on the same, reduced numbers (SpeechBrain 1.1 runs the
         # whole validation set on each rank, so the reduction is an identity there today).
@@ -83,8 +85,12 @@ class SpeakerBrain(sb.Brain):
                 train_stats=self.train_stats,
                 valid_stats=stats,
             )
-            self.checkpointer.save_and_keep_only(
-                meta={"error_rate": error}, min_keys=["error_rate"], num_to_keep=2
+            self.checkpoint_if_finite(
+                stage_loss,
+                stats,
+                meta={"error_rate": error},
+                min_keys=["error_rate"],
+                num_to_keep=2,
             )
 
 
@@ -93,6 +99,12 @@ if __name__ == "__main__":
 
     run_on_main(hparams["prepare_data"])
     train_set, valid_set, label_encoder = speaker_train_datasets(hparams)
+    check_trainable_data(
+        n_classes=len(label_encoder),
+        n_train_items=len(train_set),
+        loader_options=hparams["train_dataloader_opts"],
+        where=hparams["train_csv"],
+    )
     if hparams["n_speakers"] == 0:
         set_classifier_outputs(hparams["classifier"], len(label_encoder))
     elif hparams["n_speakers"] != len(label_encoder):

@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -51,7 +50,10 @@ def joint_brain(speaker_model, output_folder, **overrides):
     hparams["pretrainer"].load_collected()
     train_set, _ = recipe.mixture_datasets(hparams)
     brain = recipe.JointBrain(
-        modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        checkpointer=hparams["checkpointer"],
     )
     batch = mixture_collate([train_set[0], train_set[1]])
     return brain, batch
@@ -88,20 +90,28 @@ def test_si_snr_loss_alone_does_not_train_the_speaker_branch(speaker_model, tmp_
     )
 
 
-def wait_for_first_checkpoint(proc, save_folder, timeout=300):
-    """Kills ``proc`` (SIGKILL, as a crash or a pre-empted job) once the first end-of-epoch
-    checkpoint is complete (SpeechBrain writes CKPT.yaml last)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if list(Path(save_folder).glob("CKPT+*/CKPT.yaml")):
-            proc.kill()
-            proc.wait()
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"training ended before it could be interrupted:\n{proc.stderr.read()}")
-        time.sleep(0.05)
-    proc.kill()
-    pytest.fail("no checkpoint within the timeout")
+def crash(point, args):
+    """Runs the recipe through tests/crash.py, which SIGKILLs it at ``point`` (deterministic:
+    a batch or a checkpoint file, never a timer); returns its stderr."""
+    proc = subprocess.run(
+        [sys.executable, "tests/crash.py", point, "--", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == -9, f"not killed at {point}:\n{proc.stderr[-3000:]}"
+    return proc.stderr
+
+
+def finite_checkpoint(folder):
+    """Every weight of every trained module in the checkpoint folder is finite."""
+    for name in (*SEPARATOR, "speaker_encoder", "classifier"):
+        state = torch.load(folder / f"{name}.ckpt", weights_only=True)
+        assert state, name
+        for key, t in state.items():  # (the encoder also stores its base model's id)
+            if torch.is_tensor(t) and t.is_floating_point():
+                assert torch.isfinite(t).all(), f"{name}.{key}"
 
 
 def test_interrupted_training_resumes_then_evaluate(speaker_model, tmp_path):
@@ -112,14 +122,7 @@ def test_interrupted_training_resumes_then_evaluate(speaker_model, tmp_path):
         f"--speaker_model={speaker_model}",
         "--number_of_epochs=2",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, *args],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    wait_for_first_checkpoint(proc, tmp_path / "save")
+    crash("batch:2:2", args)  # kill -9 in the middle of epoch 2
     assert len(train_losses(tmp_path / "train_log.txt")) == 1
     # the same command again: it continues at epoch 2 without redoing epoch 1
     log = run_script(args)
@@ -148,6 +151,71 @@ def test_interrupted_training_resumes_then_evaluate(speaker_model, tmp_path):
     assert set(joint["speaker_identification"]) == {"joint"}
     assert "classifier" in joint["speaker_identification"]["joint"]["separated"]
     assert "| joint model |" in (tmp_path / "eval" / "results.md").read_text()
+
+
+def test_killed_while_checkpointing_resumes_from_the_last_complete(speaker_model, tmp_path):
+    """kill -9 while masknet.ckpt of the epoch-2 checkpoint is half written: the rerun sets the
+    incomplete checkpoint aside and redoes epoch 2 from the epoch-1 checkpoint."""
+    args = [
+        "recipes/joint/train.py",
+        str(YAML.relative_to(ROOT)),
+        f"--output_folder={tmp_path}",
+        f"--speaker_model={speaker_model}",
+        "--number_of_epochs=2",
+    ]
+    crash("saving:masknet:2", args)
+    save = tmp_path / "save"
+    assert len(list(save.glob("CKPT+*"))) == 2  # the complete one and the one being written
+    log = run_script(args)
+    assert "Going into epoch 2" in log and "Going into epoch 1" not in log
+    assert "is incomplete" in log
+    aside = list(save.glob("INCOMPLETE-CKPT+*"))
+    assert len(aside) == 1 and (aside[0] / "masknet.ckpt").stat().st_size > 0
+    ckpts = sorted(save.glob("CKPT+*"))
+    assert len(ckpts) == 2  # epoch 1 and the redone epoch 2, both complete
+    for ckpt in ckpts:
+        assert (ckpt / "CKPT.yaml").is_file()
+        finite_checkpoint(ckpt)
+    # epoch 1, epoch 2 as logged by the killed run (the log line precedes the save), epoch 2 again
+    assert len(train_losses(tmp_path / "train_log.txt")) == 3
+
+
+def test_non_finite_steps_are_skipped(speaker_model, tmp_path):
+    """--loss_lower_lim=1000 drops every example: the loss is NaN. The step is skipped and
+    counted and the weights do not change (SpeechBrain alone would step on NaN gradients)."""
+    brain, batch = joint_brain(speaker_model, tmp_path, loss_lower_lim=1000.0)
+    brain.train_set = None
+    brain.on_fit_start()
+    brain.on_stage_start(sb.Stage.TRAIN, 1)
+    before = {k: v.clone() for k, v in brain.modules.state_dict().items()}
+    loss = brain.fit_batch(batch)
+    assert not torch.isfinite(loss)
+    assert brain.nonfinite_skipped == 1 and brain.optimizer_step == 0
+    for k, v in brain.modules.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    # a finite batch then steps as usual
+    brain.hparams.loss_lower_lim = -30.0
+    brain.fit_batch(batch)
+    assert brain.optimizer_step == 1
+    changed = [k for k, v in brain.modules.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("masknet.") for k in changed)
+
+
+def test_learning_rate_halves_after_a_plateau(speaker_model, tmp_path):
+    brain, _ = joint_brain(speaker_model, tmp_path)
+    brain.on_fit_start()
+    lr0 = brain.optimizer.param_groups[0]["lr"]
+    brain.train_stats = {"loss": 1.0}
+    lrs = []
+    for epoch in range(1, 9):
+        brain.on_stage_start(sb.Stage.VALID, epoch)
+        brain.si_snri, brain.correct = [1.0], [True]
+        brain.on_stage_end(sb.Stage.VALID, 5.0 + epoch, epoch)  # no improvement: a plateau
+        lrs.append(brain.optimizer.param_groups[0]["lr"])
+    # ReduceLROnPlateau(factor 0.5, patience 2, not before epoch 5): epochs 6 and 7 are the
+    # patience, after epoch 8 the rate is halved in the optimizer itself
+    assert lrs == [lr0] * 7 + [lr0 / 2], lrs
+    assert "next_lr: " in (tmp_path / "train_log.txt").read_text()
 
 
 def test_training_on_written_mixtures_in_bf16(speaker_model, tmp_path):

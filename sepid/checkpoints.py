@@ -1,0 +1,140 @@
+"""A SpeechBrain ``Checkpointer`` that trusts a checkpoint only when it is complete.
+
+SpeechBrain 1.1.2's ``Checkpointer.save_checkpoint`` writes ``CKPT.yaml`` first and the ``.ckpt``
+files after it, and treats any ``CKPT+*`` folder holding a ``CKPT.yaml`` as a checkpoint. A process
+killed in between leaves a folder that ``recover_if_possible`` picks and then fails on (empty YAML:
+``TypeError`` in ``ckpt_recency``; 0-byte ``.ckpt``: ``EOFError``; missing file: ``KeyError``),
+on every rerun, until the folder is deleted by hand.
+
+:class:`AtomicCheckpointer` changes two things and nothing else:
+
+- **Writing**: the meta file is written under a temporary name and renamed to ``CKPT.yaml`` only
+  after every ``.ckpt`` file is written (a rename is atomic), so SpeechBrain never sees a folder
+  being written as a checkpoint.
+- **Reading** (every ``list_checkpoints``, hence every recovery, every ``find_checkpoint`` and the
+  pruning of ``save_and_keep_only``): a checkpoint folder is used only if :func:`incomplete_reason`
+  finds nothing wrong; otherwise the main process renames it ``INCOMPLETE-<name>`` (out of
+  SpeechBrain's ``CKPT+`` namespace, kept for inspection, never deleted) and logs why, and the run
+  resumes from the last complete checkpoint.
+
+Saving also refuses a model whose weights are not finite, so a poisoned model can never become
+the checkpoint a rerun resumes.
+"""
+
+import os
+import zipfile
+from pathlib import Path
+
+import torch
+import yaml
+from speechbrain.utils.checkpoints import CKPT_PREFIX, METAFNAME, PARAMFILE_EXT, Checkpointer
+from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.logger import get_logger
+
+logger = get_logger(__name__)
+
+PENDING_META = METAFNAME + ".pending"
+SET_ASIDE_PREFIX = "INCOMPLETE-"
+
+
+def _file_problem(path):
+    """Why the saved file ``path`` cannot be a complete save, or None."""
+    if not path.is_file():
+        return f"{path.name} is missing"
+    size = path.stat().st_size
+    if size == 0:
+        return f"{path.name} is empty"
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"
+    # torch.save writes a zip archive whose directory is at the end: a cut file has none
+    if is_zip and not zipfile.is_zipfile(path):
+        return f"{path.name} is truncated"
+    return None
+
+
+def incomplete_reason(folder, required_names):
+    """Why ``folder`` is not a complete checkpoint holding a file for each of
+    ``required_names``, or None when it is one."""
+    folder = Path(folder)
+    meta_file = folder / METAFNAME
+    if not meta_file.is_file():
+        return f"no {METAFNAME} (the save did not finish)"
+    try:
+        with open(meta_file, encoding="utf-8") as f:
+            meta = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        return f"{METAFNAME} does not parse ({err})"
+    if not isinstance(meta, dict) or "unixtime" not in meta or "end-of-epoch" not in meta:
+        return f"{METAFNAME} is empty or cut short"
+    for name in required_names:
+        problem = _file_problem(folder / f"{name}{PARAMFILE_EXT}")
+        if problem:
+            return problem
+    return None
+
+
+def non_finite_tensors(recoverables):
+    """Names of the parameters and buffers of the ``nn.Module`` recoverables that hold a NaN or
+    an infinity."""
+    bad = []
+    for name, obj in recoverables.items():
+        if isinstance(obj, torch.nn.Module):
+            for key, tensor in obj.state_dict().items():
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    bad.append(f"{name}.{key}")
+    return bad
+
+
+class AtomicCheckpointer(Checkpointer):
+    """SpeechBrain's ``Checkpointer`` (same arguments, same layout) whose checkpoints appear
+    only when complete and whose recovery sets incomplete ones aside."""
+
+    def save_checkpoint(self, meta={}, end_of_epoch=True, name=None, verbosity=20):  # noqa: B006
+        bad = non_finite_tensors(self.recoverables)
+        if bad:
+            raise FloatingPointError(
+                f"Refusing to checkpoint non-finite weights ({len(bad)} tensors, e.g. "
+                f"{bad[:3]}) in {self.checkpoints_dir}. The last complete checkpoint is kept; "
+                "lower the learning rate or check the training data for NaN/Inf samples."
+            )
+        try:
+            checkpoint = super().save_checkpoint(meta, end_of_epoch, name, verbosity)
+        finally:
+            self._being_written = None
+        if checkpoint is not None:  # the main process: publish the folder
+            os.replace(checkpoint.path / PENDING_META, checkpoint.path / METAFNAME)
+        return checkpoint
+
+    def _save_checkpoint_metafile(self, fpath, meta_to_include={}, end_of_epoch=True):  # noqa: B006
+        # Written under a temporary name; save_checkpoint renames it once the files are written.
+        self._being_written = Path(fpath).parent  # not "incomplete": in progress, by this process
+        return super()._save_checkpoint_metafile(
+            Path(fpath).with_name(PENDING_META), meta_to_include, end_of_epoch
+        )
+
+    def _required_names(self):
+        if self.allow_partial_load:
+            return []
+        return [n for n in self.recoverables if not self.optional_recoverables.get(n, False)]
+
+    def _list_checkpoint_dirs(self):
+        complete = []
+        for path in sorted(self.checkpoints_dir.iterdir()):
+            if not (path.is_dir() and path.name.startswith(CKPT_PREFIX)):
+                continue
+            if path == getattr(self, "_being_written", None):
+                continue
+            reason = incomplete_reason(path, self._required_names())
+            if reason is None:
+                complete.append(path)
+            elif if_main_process():
+                aside = path.with_name(SET_ASIDE_PREFIX + path.name)
+                os.replace(path, aside)
+                logger.warning(
+                    "Checkpoint %s is incomplete (%s), probably from a run that was killed while "
+                    "saving: set aside as %s; resuming from the last complete checkpoint.",
+                    path,
+                    reason,
+                    aside,
+                )
+        return complete
