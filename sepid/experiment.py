@@ -1,21 +1,137 @@
-"""The standard start of every recipe script, in one place."""
+"""The standard start of every recipe script, in one place, with the checks a user should get
+before any audio is scanned or any model is built: overrides of the right type, an output folder
+that can be written, and one run per output folder."""
+
+import fcntl
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
 
 import speechbrain as sb
-from hyperpyyaml import load_hyperpyyaml
+import yaml
+from hyperpyyaml import load_hyperpyyaml, resolve_references
+from speechbrain.utils.distributed import if_main_process
+
+LOCK_NAME = ".run.lock"
+_held_locks = {}  # folder -> open lock file, held (and so locked) until the process exits
+
+
+class _TagsAsNone(yaml.SafeLoader):
+    """Reads a HyperPyYAML file as plain YAML: every ``!tag`` value becomes None, so nothing is
+    built, loaded or written while the file is only being inspected."""
+
+
+_TagsAsNone.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def plain_values(hparams_file, overrides=None):
+    """The top-level values of a HyperPyYAML file with ``!ref`` resolved and every other tag as
+    None (no object is created)."""
+    with open(hparams_file, encoding="utf-8") as fin:
+        text = resolve_references(fin, overrides or None).getvalue()
+    return yaml.load(text, Loader=_TagsAsNone) or {}
+
+
+def check_override_types(hparams_file, overrides):
+    """Raises ``ValueError`` for a command-line override whose type cannot be the YAML default's
+    (``--batch_size abc`` where the YAML has ``batch_size: 32``), before anything runs."""
+    given = yaml.safe_load(overrides) if overrides else None
+    if not isinstance(given, dict):
+        return
+    defaults = plain_values(hparams_file)
+    for key, value in given.items():
+        default = defaults.get(key)
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+            expected = "True or False"
+        elif isinstance(default, int | float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            expected = "a number"
+        else:
+            continue
+        if not ok:
+            raise ValueError(
+                f"--{key}={value!r}: expected {expected} (the default in {hparams_file} is "
+                f"{key}: {default}). Fix the value on the command line."
+            )
+
+
+def ensure_writable(folder, what="output folder", option="--output_folder"):
+    """Creates ``folder`` if needed and checks a file can be written in it; raises one clear
+    ``PermissionError`` naming the folder and the option to change otherwise."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise PermissionError(
+            f"Cannot write to the {what} {folder} ({err.strerror or err}): pass "
+            f"{option}=<a writable folder>."
+        ) from err
+    return folder
+
+
+def lock_output_folder(folder):
+    """Takes an exclusive lock on ``folder`` for the rest of this process's life, or raises
+    ``RuntimeError`` naming the process that holds it.
+
+    The lock is an ``fcntl.flock`` on ``<folder>/.run.lock``: the operating system releases it
+    when the process ends however it ends (exit, exception, ``kill -9``), so a lock left by a
+    dead process never blocks a rerun. (Some network file systems do not support ``flock``;
+    there the lock is not enforced.)
+    """
+    folder = Path(folder).resolve()
+    if folder in _held_locks:
+        return
+    lock_file = open(
+        folder / LOCK_NAME, "a+", encoding="utf-8"
+    )  # held open: the lock lives as long as the file
+    try:
+        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as err:
+        lock_file.seek(0)
+        holder = lock_file.read().strip() or "another process"
+        lock_file.close()
+        raise RuntimeError(
+            f"{folder} is in use by a running job ({holder}). Two runs in one output folder "
+            "would overwrite each other's checkpoints and logs: wait for it to finish, or pass "
+            "--output_folder=<another folder> (or another --seed)."
+        ) from err
+    lock_file.seek(0)
+    lock_file.truncate()
+    lock_file.write(
+        f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    )
+    lock_file.flush()
+    _held_locks[folder] = lock_file
+
+
+def guard_output_folder(folder):
+    """The one output-folder guard of every script that writes results: writable, then locked
+    (by the main process only under ``torchrun``: the ranks of one job share the folder)."""
+    ensure_writable(folder)
+    if if_main_process():
+        lock_output_folder(folder)
 
 
 def start_experiment(argv):
-    """SpeechBrain's recipe start: parse ``hparams.yaml --key=value ...``, join the DDP group
-    when launched by ``torchrun`` (SpeechBrain refuses to start under torchrun without it), load
-    the YAML with the overrides and create the experiment folder (with a copy of the resolved
-    YAML, so every result can be traced to its configuration).
+    """SpeechBrain's recipe start: parse ``hparams.yaml --key=value ...``, check the overrides'
+    types and guard the output folder (before any model is built or any audio scanned), join the
+    DDP group when launched by ``torchrun`` (SpeechBrain refuses to start under torchrun without
+    it), load the YAML with the overrides and create the experiment folder (with a copy of the
+    resolved YAML, so every result can be traced to its configuration).
 
     Returns
     -------
     hparams_file, run_opts, overrides, hparams
     """
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    check_override_types(hparams_file, overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
+    guard_output_folder(plain_values(hparams_file, overrides)["output_folder"])
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     sb.create_experiment_directory(

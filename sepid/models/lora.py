@@ -128,11 +128,38 @@ def lora_disabled(model):
 
 
 def merge_lora(model):
-    """Folds every LoRA update into its base weight and removes the parametrizations, leaving a
-    plain model (for export: no custom code needed to load it). In place; returns the model."""
-    for module in list(model.modules()):
-        if parametrize.is_parametrized(module, "weight"):
-            if any(isinstance(p, LoRAParametrization) for p in module.parametrizations.weight):
-                module.parametrizations.weight.eval()  # no DropConnect in the merged weight
-                parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    """Folds every LoRA update into its base weight, leaving a plain model (for export: no custom
+    code needed to load it). In place; returns the model.
+
+    Each LoRA-parametrized linear is *replaced* by a new ``nn.Linear`` holding the merged weight,
+    rather than un-parametrized with ``torch.nn.utils.parametrize.remove_parametrizations``: that
+    function edits the module's class, which a ``copy.deepcopy`` of the model shares, so merging a
+    copy would strip ``weight`` from the original (live) model too."""
+    targets = [
+        (name, module)
+        for name, module in model.named_modules()
+        if parametrize.is_parametrized(module, "weight")
+        and any(isinstance(p, LoRAParametrization) for p in module.parametrizations.weight)
+    ]
+    for name, module in targets:
+        was_training = module.parametrizations.weight.training
+        module.parametrizations.weight.eval()  # no DropConnect in the merged weight
+        with torch.no_grad():
+            weight = module.weight.detach().clone()
+        module.parametrizations.weight.train(was_training)
+        merged = nn.Linear(
+            module.in_features,
+            module.out_features,
+            bias=module.bias is not None,
+            device=weight.device,
+            dtype=weight.dtype,
+        )
+        with torch.no_grad():
+            merged.weight.copy_(weight)
+            if module.bias is not None:
+                merged.bias.copy_(module.bias)
+        merged.weight.requires_grad_(module.parametrizations.weight.original.requires_grad)
+        merged.train(module.training)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, merged)
     return model

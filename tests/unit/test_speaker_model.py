@@ -1,6 +1,7 @@
 """The WavLM + LoRA speaker encoder, built from a tiny random WavLM saved to a temp folder and
 loaded through the same ``from_pretrained`` path as ``microsoft/wavlm-base-plus``."""
 
+import copy
 import math
 
 import pytest
@@ -134,6 +135,25 @@ def test_merge_lora_matches_adapted_model(wavlm_dir, batch):
     torch.testing.assert_close(adapted, merged, rtol=1e-5, atol=1e-5)
     assert not list(lora_modules(encoder))
     assert not lora_state_dict(encoder)
+
+
+def test_merging_a_copy_leaves_the_live_model_intact(wavlm_dir, batch):
+    """Exporting merges a deep copy; torch's remove_parametrizations would strip ``weight`` from
+    the class the copy shares with the original (issue 10, row 13)."""
+    encoder = make_encoder(wavlm_dir)
+    randomise_lora_b(encoder)
+    with torch.no_grad():
+        before = encoder(*batch)
+        merged = merge_lora(copy.deepcopy(encoder))
+        after = encoder(*batch)  # the original still has its weights and its LoRA
+        from_copy = merged(*batch)
+    torch.testing.assert_close(before, after, rtol=0, atol=0)
+    torch.testing.assert_close(before, from_copy, rtol=1e-5, atol=1e-5)
+    assert (
+        len(list(lora_modules(encoder)))
+        == len(ATTENTION) * encoder.backbone.config.num_hidden_layers
+    )
+    assert not list(lora_modules(merged))
 
 
 def test_pretrained_only_is_mean_of_base_hidden_states(wavlm_dir, batch):

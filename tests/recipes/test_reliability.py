@@ -1,0 +1,116 @@
+"""Bad input and misuse are refused early, with one clear error, by the real recipe scripts
+(issue 10 rows 5, 9, 10, 11): one run per output folder, a folder that can be written, overrides
+of the right type, data that can train a classifier."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sepid.experiment import LOCK_NAME
+
+ROOT = Path(__file__).resolve().parents[2]
+YAML = "hparams/demo/wavlm-lora-arcface.yaml"
+TRAIN = "recipes/speaker/train.py"
+
+
+def fails(*args):
+    """Runs a recipe script that must fail; returns its output."""
+    proc = subprocess.run(
+        [sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode != 0, f"{args} succeeded:\n{proc.stderr[-2000:]}"
+    return proc.stdout + proc.stderr
+
+
+HOLD_LOCK = (
+    "import sys; from sepid.experiment import lock_output_folder; "
+    "lock_output_folder(sys.argv[1]); print('locked', flush=True); sys.stdin.read()"
+)
+
+
+def test_a_second_run_into_the_same_output_folder_is_refused(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"  # held from here on, no timing
+        err = fails(TRAIN, YAML, f"--output_folder={tmp_path}")
+        assert f"is in use by a running job (pid {holder.pid} on" in err
+        assert "--output_folder=<another folder>" in err
+        assert not (tmp_path / "prep").exists()  # refused before any work
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    # The holder is gone (its lock with it, whatever the lock file still says): a run may start.
+    assert f"pid {holder.pid}" in (tmp_path / LOCK_NAME).read_text()
+    check = subprocess.run(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path)],
+        cwd=ROOT,
+        input="",
+        capture_output=True,
+        text=True,
+    )
+    assert check.stdout.strip() == "locked"
+
+
+def test_a_lock_of_a_killed_process_does_not_block(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    holder.kill()  # kill -9: no clean-up, the lock file stays
+    holder.wait()
+    assert (tmp_path / LOCK_NAME).is_file()
+    check = subprocess.run(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path)],
+        cwd=ROOT,
+        input="",
+        capture_output=True,
+        text=True,
+    )
+    assert check.stdout.strip() == "locked", check.stderr
+
+
+@pytest.mark.parametrize("folder", ["/proc/sepid-cannot-write", "READONLY"])
+def test_an_output_folder_that_cannot_be_written_is_named(tmp_path, folder):
+    if folder == "READONLY":
+        readonly = tmp_path / "ro"
+        readonly.mkdir()
+        readonly.chmod(0o500)
+        folder = readonly / "out"
+        if subprocess.run(["touch", str(readonly / "x")], capture_output=True).returncode == 0:
+            pytest.skip("running as a user who can write into read-only folders (root)")
+    err = fails(TRAIN, YAML, f"--output_folder={folder}")
+    assert f"Cannot write to the output folder {folder}" in err
+    assert "--output_folder=<a writable folder>" in err
+
+
+def test_an_override_of_the_wrong_type_is_refused_before_any_work(tmp_path):
+    err = fails(TRAIN, YAML, f"--output_folder={tmp_path}", "--batch_size", "abc")
+    assert "--batch_size='abc': expected a number" in err
+    assert "batch_size: 8" in err  # the YAML's default, to compare with
+    assert not (tmp_path / "prep").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--speakers=[1688]", "has 1 speaker(s): speaker classification needs at least 2"),
+        ("--batch_size=1000", "fewer than batch_size 1000"),
+    ],
+)
+def test_data_that_cannot_train_is_refused_before_training(tmp_path, override, message):
+    err = fails(TRAIN, YAML, f"--output_folder={tmp_path}", override)
+    assert message in err
+    assert not list((tmp_path / "save").glob("CKPT+*"))
+    assert not (tmp_path / "train_log.txt").exists()
