@@ -74,6 +74,7 @@ from pathlib import Path
 import numpy as np
 
 from sepid.audio import read_audio
+from sepid.experiment import LOCK_NAME, guard_output_folder
 from sepid.manifest import (
     PREP_OPTIONS_FILE,
     prep_is_done,
@@ -161,7 +162,8 @@ def check_save_folder(save_folder, overwrite=False):
     save_folder = Path(save_folder)
     if save_folder.exists() and not save_folder.is_dir():
         raise NotADirectoryError(f"save_folder {save_folder} exists and is not a folder.")
-    if not save_folder.is_dir() or not any(save_folder.iterdir()):
+    # the run lock (sepid.experiment.guard_output_folder) is not content
+    if not save_folder.is_dir() or all(p.name == LOCK_NAME for p in save_folder.iterdir()):
         return True
     if _owned(save_folder):
         return True
@@ -555,6 +557,8 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     n_mix = {split: args.pop(f"n_{split}") for split in SPLITS}
     split_speakers = {split: args.pop(f"{split}_speakers") for split in SPLITS}
+    # writable, and one run per folder (a second one would take the first's files as leftovers)
+    guard_output_folder(args["save_folder"], option="--save_folder")
     outputs = make_mixtures(n_mix=n_mix, split_speakers=split_speakers, **args)
     for key, path in outputs.items():
         logger.info("%s: %s", key, path)

@@ -74,7 +74,7 @@ def ensure_writable(folder, what="output folder", option="--output_folder"):
     return folder
 
 
-def lock_output_folder(folder):
+def lock_output_folder(folder, option="--output_folder"):
     """Takes an exclusive lock on ``folder`` for the rest of this process's life, or raises
     ``RuntimeError`` naming the process that holds it.
 
@@ -97,8 +97,8 @@ def lock_output_folder(folder):
         lock_file.close()
         raise RuntimeError(
             f"{folder} is in use by a running job ({holder}). Two runs in one output folder "
-            "would overwrite each other's checkpoints and logs: wait for it to finish, or pass "
-            "--output_folder=<another folder> (or another --seed)."
+            f"would overwrite each other's files: wait for it to finish, or pass "
+            f"{option}=<another folder>."
         ) from err
     lock_file.seek(0)
     lock_file.truncate()
@@ -109,12 +109,13 @@ def lock_output_folder(folder):
     _held_locks[folder] = lock_file
 
 
-def guard_output_folder(folder):
+def guard_output_folder(folder, option="--output_folder"):
     """The one output-folder guard of every script that writes results: writable, then locked
-    (by the main process only under ``torchrun``: the ranks of one job share the folder)."""
-    ensure_writable(folder)
+    (by the main process only under ``torchrun``: the ranks of one job share the folder).
+    ``option`` is the command-line option the error messages tell the user to change."""
+    ensure_writable(folder, option=option)
     if if_main_process():
-        lock_output_folder(folder)
+        lock_output_folder(folder, option=option)
 
 
 def start_experiment(argv):

@@ -114,3 +114,27 @@ def test_data_that_cannot_train_is_refused_before_training(tmp_path, override, m
     assert message in err
     assert not list((tmp_path / "save").glob("CKPT+*"))
     assert not (tmp_path / "train_log.txt").exists()
+
+
+def test_make_mixtures_refuses_a_folder_in_use(tmp_path):
+    """The same guard for the mixture writer: a second run would take the first one's
+    temporary files for leftovers of a killed run and remove them."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        err = fails(
+            "data_prep/make_mixtures.py",
+            "--manifest=tests/samples/none.csv",
+            "--data_folder=tests/samples",
+            f"--save_folder={tmp_path}",
+        )
+        assert "is in use by a running job" in err and "--save_folder=<another folder>" in err
+    finally:
+        holder.stdin.close()
+        holder.wait()
