@@ -125,6 +125,7 @@ def prepare_folder(
     n_iden_enrol=3,
     n_iden_test=2,
     valid_ratio=0.1,
+    valid_segment_seconds=0.0,
     min_duration=1.0,
     n_trials=None,
     trials_per_utterance=5,
@@ -147,6 +148,9 @@ def prepare_folder(
         Identification enrolment / test utterances per speaker.
     valid_ratio : float
         Fraction of each speaker's non-test utterances used for validation.
+    valid_segment_seconds : float
+        Held-out validation segment (seconds) of each speaker left with no validation
+        utterance (see :mod:`sepid.prep`); 0: such speakers are not validated.
     min_duration : float
         Shorter files are left out everywhere, trials included (logged).
     n_trials : int, optional
@@ -180,6 +184,7 @@ def prepare_folder(
         "n_iden_enrol": n_iden_enrol,
         "n_iden_test": n_iden_test,
         "valid_ratio": valid_ratio,
+        "valid_segment_seconds": valid_segment_seconds,
         "min_duration": min_duration,
         "n_trials": n_trials,
         "trials_per_utterance": trials_per_utterance,
@@ -229,6 +234,7 @@ def prepare_folder(
         n_iden_enrol=n_iden_enrol,
         n_iden_test=n_iden_test,
         valid_ratio=valid_ratio,
+        valid_segment_seconds=valid_segment_seconds,
         min_duration=min_duration,
         skip_bad_files=skip_bad_files,
         seed=seed,

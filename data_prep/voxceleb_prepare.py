@@ -244,6 +244,7 @@ def prepare_voxceleb(
     n_iden_enrol=3,
     n_iden_test=2,
     valid_ratio=0.1,
+    valid_segment_seconds=0.0,
     min_duration=1.0,
     skip_bad_files=False,
     seed=1234,
@@ -266,6 +267,9 @@ def prepare_voxceleb(
         Identification enrolment / test utterances per speaker.
     valid_ratio : float
         Fraction of each speaker's non-test utterances used for validation.
+    valid_segment_seconds : float
+        Held-out validation segment (seconds) of each speaker left with no validation
+        utterance (see :mod:`sepid.prep`); 0: such speakers are not validated.
     min_duration : float
         Shorter files are left out of train / valid / identification (logged).
     skip_bad_files : bool
@@ -310,6 +314,7 @@ def prepare_voxceleb(
         "n_iden_enrol": n_iden_enrol,
         "n_iden_test": n_iden_test,
         "valid_ratio": valid_ratio,
+        "valid_segment_seconds": valid_segment_seconds,
         "min_duration": min_duration,
         "skip_bad_files": skip_bad_files,
         "seed": seed,
@@ -408,6 +413,7 @@ def prepare_voxceleb(
         n_iden_enrol=n_iden_enrol,
         n_iden_test=n_iden_test,
         valid_ratio=valid_ratio,
+        valid_segment_seconds=valid_segment_seconds,
         min_duration=min_duration,
         skip_bad_files=skip_bad_files,
         seed=seed,

@@ -16,6 +16,8 @@ from sepid.manifest import read_csv
 logger = logging.getLogger(__name__)
 
 UTTERANCE_COLUMNS = ("ID", "duration", "wav", "spk_id")
+# train.csv / valid.csv: the part of the file each row stands for, in seconds (see sepid.prep)
+SEGMENT_COLUMNS = (*UTTERANCE_COLUMNS, "start", "stop")
 
 
 def load_manifest(csv_path, data_folder, required_columns=UTTERANCE_COLUMNS):
@@ -27,23 +29,49 @@ def load_manifest(csv_path, data_folder, required_columns=UTTERANCE_COLUMNS):
     return DynamicItemDataset.from_csv(csv_path, replacements={"data_root": str(data_folder)})
 
 
-def random_crop_pipeline(sample_rate, segment_seconds):
-    """Audio pipeline ``wav -> sig``: a random ``segment_seconds`` crop, read from disk alone
-    (only the crop is decoded); shorter utterances are repeated to fill the crop. The offset comes
-    from torch's generator, which SpeechBrain seeds and DataLoader workers re-seed each."""
+def _segment_frames(wav, start, stop):
+    """``(first, last, file_rate)``: the frames of ``wav`` between ``start`` and ``stop`` seconds
+    (manifest strings or numbers; the whole file when both are None)."""
+    frames, file_rate, _ = audio_info(wav)
+    first = 0 if start is None else min(int(round(float(start) * file_rate)), frames)
+    last = frames if stop is None else min(int(round(float(stop) * file_rate)), frames)
+    return first, max(last, first), file_rate
 
-    @sb.utils.data_pipeline.takes("wav")
+
+def random_crop_pipeline(sample_rate, segment_seconds):
+    """Audio pipeline ``wav, start, stop -> sig``: a random ``segment_seconds`` crop of the
+    row's segment (``start``..``stop`` seconds of the file, see :data:`SEGMENT_COLUMNS`), read from
+    disk alone (only the crop is decoded); shorter segments are repeated to fill the crop. The
+    offset comes from torch's generator, which SpeechBrain seeds and DataLoader workers re-seed
+    each."""
+
+    @sb.utils.data_pipeline.takes("wav", "start", "stop")
     @sb.utils.data_pipeline.provides("sig")
-    def pipeline(wav):
-        frames, file_rate, _ = audio_info(wav)
+    def pipeline(wav, start, stop):
+        first, last, file_rate = _segment_frames(wav, start, stop)
         want = int(round(segment_seconds * file_rate))
-        if frames > want:
-            start = int(torch.randint(0, frames - want + 1, ()).item())
-            sig = read_audio(wav, sample_rate, start=start, stop=start + want)
+        if last - first > want:
+            offset = first + int(torch.randint(0, last - first - want + 1, ()).item())
+            sig = read_audio(wav, sample_rate, start=offset, stop=offset + want)
         else:
-            sig = read_audio(wav, sample_rate)
-            sig = sig.repeat(int(segment_seconds * sample_rate) // sig.shape[0] + 1)
+            sig = read_audio(wav, sample_rate, start=first, stop=last)
+            sig = sig.repeat(int(segment_seconds * sample_rate) // max(sig.shape[0], 1) + 1)
         return sig[: int(round(segment_seconds * sample_rate))]
+
+    return pipeline
+
+
+def segment_pipeline(sample_rate, max_seconds=None):
+    """Audio pipeline ``wav, start, stop -> sig``: the row's segment (``start``..``stop`` seconds
+    of the file), or its first ``max_seconds``."""
+
+    @sb.utils.data_pipeline.takes("wav", "start", "stop")
+    @sb.utils.data_pipeline.provides("sig")
+    def pipeline(wav, start, stop):
+        first, last, file_rate = _segment_frames(wav, start, stop)
+        if max_seconds is not None:
+            last = min(last, first + int(max_seconds * file_rate))
+        return read_audio(wav, sample_rate, start=first, stop=last)
 
     return pipeline
 
@@ -96,10 +124,17 @@ def speaker_train_datasets(hparams):
     Reads ``train_csv``, ``valid_csv``, ``data_folder``, ``sample_rate``, ``segment_seconds``,
     ``max_valid_seconds`` and ``save_folder`` from the hparams.
     """
-    train = load_manifest(hparams["train_csv"], hparams["data_folder"])
-    valid = load_manifest(hparams["valid_csv"], hparams["data_folder"])
+    train = load_manifest(hparams["train_csv"], hparams["data_folder"], SEGMENT_COLUMNS)
+    if not read_csv(hparams["valid_csv"], SEGMENT_COLUMNS):
+        raise ValueError(
+            f"Validation manifest {hparams['valid_csv']} has no rows: every training speaker has "
+            "too few utterances for a validation utterance. Set valid_segment_seconds (e.g. 2.0) "
+            "to validate them on held-out segments, or raise valid_ratio, and rerun (data prep "
+            "redoes the split)."
+        )
+    valid = load_manifest(hparams["valid_csv"], hparams["data_folder"], SEGMENT_COLUMNS)
     train.add_dynamic_item(random_crop_pipeline(hparams["sample_rate"], hparams["segment_seconds"]))
-    valid.add_dynamic_item(full_pipeline(hparams["sample_rate"], hparams["max_valid_seconds"]))
+    valid.add_dynamic_item(segment_pipeline(hparams["sample_rate"], hparams["max_valid_seconds"]))
     encoder_file = f"{hparams['save_folder']}/label_encoder.txt"
     encoder = speaker_label_encoder(encoder_file, [train])
     speakers = {row["spk_id"] for row in train.data.values()}

@@ -7,7 +7,10 @@ Outputs (in ``save_folder``)
 Utterance manifests, CSV columns ``ID, duration, wav, spk_id`` (:data:`UTT_COLUMNS`); ``duration``
 in seconds, ``wav`` as ``$data_root/<path relative to data_folder>``, rows sorted by ``ID``:
 
-- ``train.csv``, ``valid.csv``: speaker-classifier training and validation;
+- ``train.csv``, ``valid.csv``: speaker-classifier training and validation, with two more columns
+  ``start, stop`` (:data:`SEGMENT_COLUMNS`, seconds): the part of the file a row stands for (the
+  whole file, ``0`` to its duration, except for held-out segments, below); ``duration`` is
+  ``stop - start`` there;
 - ``iden_enrol.csv``, ``iden_test.csv``: closed-set identification enrolment and test;
 - ``veri_utts.csv``: every utterance named in the trial list, once (written with trials only).
 
@@ -33,6 +36,14 @@ on). A speaker with fewer than ``n_iden_test + max(n_iden_enrol, 1)`` usable utt
 entirely to ``train`` (a warning names it) and takes no part in identification. Each speaker's
 split only depends on its own utterances, the seed and its ID, so adding speakers leaves the
 split of the others unchanged.
+
+Held-out segments (``valid_segment_seconds > 0``): a speaker left with no validation utterance
+by the rule above (too few utterances, e.g. one) gives validation the last
+``valid_segment_seconds`` of its longest training utterance (ties: the first in shuffled order)
+that is at least ``valid_segment_seconds + min_duration`` long; that utterance's ``train.csv`` row
+then stops where the segment starts, so training never sees it. Its ``valid.csv`` row has the ID
+``<utterance ID>@<start>`` . A speaker with no utterance long enough is not validated (logged).
+So a corpus of one utterance per speaker still gets a validation set of every speaker.
 
 Speaker selection (:func:`select_speakers`)
 ------------------------------------------
@@ -84,6 +95,7 @@ from sepid.manifest import relative_to_root, save_prep_options, write_atomic, wr
 logger = logging.getLogger(__name__)
 
 UTT_COLUMNS = ["ID", "duration", "wav", "spk_id"]
+SEGMENT_COLUMNS = [*UTT_COLUMNS, "start", "stop"]  # train.csv and valid.csv
 TRIAL_COLUMNS = ["label", "enrol", "test"]
 
 TRAIN_CSV = "train.csv"
@@ -303,7 +315,14 @@ def _round_half_up(x):
 
 
 def split_speaker_utterances(
-    utts_by_spk, n_iden_enrol=3, n_iden_test=2, valid_ratio=0.1, seed=1234
+    utts_by_spk,
+    n_iden_enrol=3,
+    n_iden_test=2,
+    valid_ratio=0.1,
+    seed=1234,
+    durations=None,
+    valid_segment_seconds=0.0,
+    min_duration=1.0,
 ):
     """Splits each speaker's utterances into train / valid / identification sets.
 
@@ -317,20 +336,43 @@ def split_speaker_utterances(
         Fraction of the non-test utterances of each speaker used for validation.
     seed : int
         Seed of the per-speaker shuffles.
+    durations : dict, optional
+        Utterance ID -> seconds; needed with ``valid_segment_seconds > 0``.
+    valid_segment_seconds : float
+        Length of the held-out segment of a speaker that has no validation utterance (0: none).
+    min_duration : float
+        Training audio a held-out segment must leave of its utterance, in seconds.
 
     Returns
     -------
     dict
-        ``{"train", "valid", "iden_enrol", "iden_test"}`` -> sorted lists of utterance IDs.
+        ``{"train", "valid", "iden_enrol", "iden_test"}`` -> sorted lists of utterance IDs, and
+        ``"held_out"`` -> ``{utterance ID: start second}`` of the held-out segments (each runs to
+        the end of its utterance; ``valid`` does not list their utterances).
     """
     if n_iden_enrol < 0 or n_iden_test < 0:
         raise ValueError(f"n_iden_enrol={n_iden_enrol}, n_iden_test={n_iden_test}: must be >= 0.")
     if not 0 <= valid_ratio < 1:
         raise ValueError(f"valid_ratio={valid_ratio} must be in [0, 1).")
+    if valid_segment_seconds < 0:
+        raise ValueError(f"valid_segment_seconds={valid_segment_seconds} must be >= 0.")
+    if valid_segment_seconds > 0 and durations is None:
+        raise ValueError("valid_segment_seconds > 0 needs the utterance durations.")
     min_train = max(n_iden_enrol, 1)
     needed = n_iden_test + min_train
     splits = {"train": [], "valid": [], "iden_enrol": [], "iden_test": []}
-    too_few = []
+    held_out, too_few, unvalidated = {}, [], []
+
+    def hold_out_segment(spk, train_ids):
+        if valid_segment_seconds <= 0:
+            return
+        long_enough = [u for u in train_ids if durations[u] >= valid_segment_seconds + min_duration]
+        if not long_enough:
+            unvalidated.append(spk)
+            return
+        longest = max(long_enough, key=lambda u: durations[u])  # first of the longest
+        held_out[longest] = round(durations[longest] - valid_segment_seconds, 3)
+
     for spk in sorted(utts_by_spk):
         ids = sorted(utts_by_spk[spk])
         if not ids:
@@ -339,6 +381,7 @@ def split_speaker_utterances(
         if len(ids) < needed:
             too_few.append((spk, len(ids)))
             splits["train"] += ids
+            hold_out_segment(spk, ids)
             continue
         test, rest = ids[:n_iden_test], ids[n_iden_test:]
         n_valid = _round_half_up(valid_ratio * len(rest))
@@ -350,19 +393,44 @@ def split_speaker_utterances(
         splits["valid"] += valid
         splits["train"] += train
         splits["iden_enrol"] += train[:n_iden_enrol]
+        if not valid:
+            hold_out_segment(spk, train)
     if too_few:
         logger.warning(
             "%d speaker(s) have fewer than %d usable utterances (n_iden_test=%d + "
             "max(n_iden_enrol, 1)=%d); they go entirely to train and take no part in "
-            "identification or validation: %s%s",
+            "identification%s: %s%s",
             len(too_few),
             needed,
             n_iden_test,
             min_train,
+            (
+                f" (validation: a held-out {valid_segment_seconds:g} s segment)"
+                if valid_segment_seconds > 0
+                else " or validation (valid_segment_seconds > 0 validates them on a held-out "
+                "segment)"
+            ),
             ", ".join(f"{s} ({n})" for s, n in too_few[:10]),
             " ..." if len(too_few) > 10 else "",
         )
-    return {key: sorted(ids) for key, ids in splits.items()}
+    if held_out:
+        logger.info(
+            "%d speaker(s) validated on a held-out %g s segment of a training utterance",
+            len(held_out),
+            valid_segment_seconds,
+        )
+    if unvalidated:
+        logger.warning(
+            "%d speaker(s) have no utterance of %g s (valid_segment_seconds + min_duration) to "
+            "hold a validation segment out of; they are not validated: %s%s",
+            len(unvalidated),
+            valid_segment_seconds + min_duration,
+            ", ".join(unvalidated[:10]),
+            " ..." if len(unvalidated) > 10 else "",
+        )
+    result = {key: sorted(ids) for key, ids in splits.items()}
+    result["held_out"] = dict(sorted(held_out.items()))
+    return result
 
 
 # --------------------------------------------------------------------------- audio scan
@@ -644,6 +712,33 @@ def utterance_rows(ids, utterances, durations, data_folder):
     return rows
 
 
+def segment_rows(rows, cuts, part):
+    """:data:`SEGMENT_COLUMNS` rows from utterance rows: the whole file (``start`` 0, ``stop``
+    its duration), except for the utterances in ``cuts`` (ID -> second), cut there:
+    ``part="head"`` keeps what comes before the cut (same ID), ``part="tail"`` what comes after
+    it (ID ``<ID>@<cut>``)."""
+    out = []
+    for row in rows:
+        duration = float(row["duration"])
+        start, stop, utt_id = 0.0, duration, row["ID"]
+        if row["ID"] in cuts:
+            cut = cuts[row["ID"]]
+            if part == "head":
+                stop = cut
+            else:
+                start, utt_id = cut, f"{row['ID']}@{cut:g}"
+        out.append(
+            {
+                **row,
+                "ID": utt_id,
+                "duration": round(stop - start, 3),
+                "start": start,
+                "stop": stop,
+            }
+        )
+    return out
+
+
 def write_bad_files(save_folder, bad):
     """Writes ``bad_files.txt`` (``path<TAB>reason`` lines), or removes a stale one."""
     path = Path(save_folder) / BAD_FILES_TXT
@@ -668,6 +763,7 @@ def build_manifests(
     seed=1234,
     make_trials=None,
     bad=(),
+    valid_segment_seconds=0.0,
 ):
     """Scans the audio, splits, writes every manifest, then ``prep_options.json``.
 
@@ -681,7 +777,7 @@ def build_manifests(
         Speakers of train / valid / identification.
     options : dict
         Recorded in ``prep_options.json`` for :func:`sepid.manifest.prep_is_done`.
-    n_iden_enrol, n_iden_test, valid_ratio, seed :
+    n_iden_enrol, n_iden_test, valid_ratio, seed, valid_segment_seconds :
         See :func:`split_speaker_utterances`.
     min_duration, skip_bad_files :
         See :func:`scan_audio`.
@@ -714,15 +810,33 @@ def build_manifests(
             f"No usable training utterance in {data_folder} (all files bad or shorter than "
             f"min_duration={min_duration} s)."
         )
-    splits = split_speaker_utterances(by_spk, n_iden_enrol, n_iden_test, valid_ratio, seed)
+    splits = split_speaker_utterances(
+        by_spk,
+        n_iden_enrol,
+        n_iden_test,
+        valid_ratio,
+        seed,
+        durations=scan.durations,
+        valid_segment_seconds=valid_segment_seconds,
+        min_duration=min_duration,
+    )
+    held_out = splits.pop("held_out")
     save_folder.mkdir(parents=True, exist_ok=True)
     for key, name in SPLIT_FILES.items():
         rows = utterance_rows(splits[key], utterances, scan.durations, data_folder)
-        write_csv(save_folder / name, rows, UTT_COLUMNS)
+        if key == "train":
+            write_csv(save_folder / name, segment_rows(rows, held_out, "head"), SEGMENT_COLUMNS)
+        elif key == "valid":
+            tails = utterance_rows(held_out, utterances, scan.durations, data_folder)
+            rows = segment_rows(rows, {}, "tail") + segment_rows(tails, held_out, "tail")
+            write_csv(save_folder / name, rows, SEGMENT_COLUMNS)
+        else:
+            write_csv(save_folder / name, rows, UTT_COLUMNS)
     logger.info(
-        "Split %d speakers: %s",
+        "Split %d speakers: %s, held-out validation segments=%d",
         len(by_spk),
         ", ".join(f"{k}={len(v)}" for k, v in splits.items()),
+        len(held_out),
     )
     if make_trials is not None:
         trials = make_trials(scan)
@@ -751,6 +865,13 @@ def prep_arg_parser(description, data_folder_help):
     parser.add_argument("--n_iden_enrol", type=int, default=3)
     parser.add_argument("--n_iden_test", type=int, default=2)
     parser.add_argument("--valid_ratio", type=float, default=0.1)
+    parser.add_argument(
+        "--valid_segment_seconds",
+        type=float,
+        default=0.0,
+        help="speakers with no validation utterance are validated on a held-out segment of "
+        "this length (0: not validated)",
+    )
     parser.add_argument("--min_duration", type=float, default=1.0)
     parser.add_argument("--skip_bad_files", action="store_true")
     parser.add_argument("--seed", type=int, default=1234)

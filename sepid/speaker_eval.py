@@ -56,6 +56,15 @@ class VerificationSet:
             trials.append((int(row["label"]), row["enrol"], row["test"]))
         return cls(name, trials, {k: v["wav"] for k, v in utts.items()}, list(utts.values()))
 
+    def empty_reason(self):
+        """Why this set cannot be scored (``None`` when it can)."""
+        labels = {label for label, _, _ in self.trials}
+        if not self.trials:
+            return "no trials"
+        if labels != {0, 1}:
+            return f"only {'target' if 1 in labels else 'non-target'} trials"
+        return None
+
 
 @dataclass
 class IdentificationSet:
@@ -73,6 +82,30 @@ class IdentificationSet:
         enrol = resolve_rows(Path(prep_folder) / "iden_enrol.csv", data_folder)
         test = resolve_rows(Path(prep_folder) / "iden_test.csv", data_folder)
         return cls(name, enrol, test, closed_set, label_encoder)
+
+    def empty_reason(self):
+        """Why this set cannot be scored (``None`` when it can)."""
+        if not self.test:
+            return "no test utterance (every speaker has too few utterances for one)"
+        if not self.enrol:
+            return "no enrolment utterance"
+        missing = {r["spk_id"] for r in self.test} - {r["spk_id"] for r in self.enrol}
+        if missing:
+            return f"test speakers without enrolment: {sorted(missing)[:5]}"
+        return None
+
+
+def drop_empty_sets(sets, where=""):
+    """The sets that can be scored; each one that cannot is logged with the reason and left out
+    (a corpus whose speakers have one utterance each has no identification test set)."""
+    kept = []
+    for item in sets:
+        reason = item.empty_reason()
+        if reason is None:
+            kept.append(item)
+        else:
+            logger.warning("Skipping the %r evaluation set%s: %s.", item.name, where, reason)
+    return kept
 
 
 def unique_utterances(row_lists):

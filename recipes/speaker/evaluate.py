@@ -38,6 +38,7 @@ from sepid.scoring import EmbeddingTable
 from sepid.speaker_eval import (
     IdentificationSet,
     VerificationSet,
+    drop_empty_sets,
     identification_report,
     resolve_rows,
     unique_utterances,
@@ -120,7 +121,8 @@ class EmbeddingBrain(sb.Brain):
 
 
 def evaluation_sets(hparams, label_encoder):
-    """The verification and identification sets this run can build from the prepared data."""
+    """The verification and identification sets this run can build from the prepared data (an
+    empty one is skipped with a log line)."""
     vsets, isets = [], []
     eval_prep = Path(hparams["eval_prep_folder"])
     if hparams["eval_data_folder"] is not None:
@@ -140,6 +142,12 @@ def evaluation_sets(hparams, label_encoder):
             label_encoder=label_encoder,
         )
     )
+    vsets, isets = drop_empty_sets(vsets), drop_empty_sets(isets)
+    if not vsets and not isets:
+        raise ValueError(
+            f"Nothing to evaluate: no verification trials and no identification set with test "
+            f"utterances in {hparams['prep_folder']} or {eval_prep} (see the warnings above)."
+        )
     return vsets, isets
 
 

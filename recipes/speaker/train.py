@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Fine-tunes WavLM with LoRA and an ArcFace head for speaker identification and verification.
 
-Only the LoRA adapters (on the attention projections by default), the pooling/projection head and
-the ArcFace classifier train; WavLM itself stays frozen. Training uses random fixed-length crops,
-validation whole utterances (bounded length) of the same speakers; the checkpoint with the lowest
-validation classification error is kept.
+By default (``freeze_backbone: True``) only the LoRA adapters (on the attention projections), the
+pooling/projection head and the ArcFace classifier train and WavLM itself stays frozen;
+``--freeze_backbone=False`` fine-tunes the whole WavLM as well (the checkpoints then hold it).
+Training uses random fixed-length crops, validation whole utterances (bounded length) or held-out
+segments of the same speakers; the checkpoint with the lowest validation classification error is
+kept. The learning-rate and margin schedules are set as fractions of the run, whose length
+(epochs x optimizer steps per epoch) is counted here from the training set.
 
 To run::
 
@@ -22,6 +25,7 @@ Methods: WavLM (Chen et al., 2022), LoRA (Hu et al., 2022), ArcFace / additive a
 import sys
 
 import speechbrain as sb
+import torch
 from speechbrain.utils.distributed import run_on_main
 from speechbrain.utils.logger import get_logger
 
@@ -29,6 +33,7 @@ from sepid.dataio import speaker_train_datasets
 from sepid.distributed import global_mean
 from sepid.experiment import start_experiment
 from sepid.models.speaker import log_trainable_parameters, set_classifier_outputs
+from sepid.schedules import optimizer_steps_per_epoch
 from sepid.training import FiniteBrain, check_trainable_data
 
 logger = get_logger(__name__)
@@ -55,11 +60,9 @@ class SpeakerBrain(FiniteBrain):
         return loss
 
     def on_fit_batch_start(self, batch, should_step):
+        # Both schedules are functions of the optimizer step (checkpointed by the Brain).
+        self.hparams.lr_scheduler(self.optimizer, self.optimizer_step)
         self.margin = self.hparams.margin_scheduler(self.hparams.compute_cost, self.optimizer_step)
-
-    def on_fit_batch_end(self, batch, outputs, loss, should_step):
-        if should_step:
-            self.hparams.lr_scheduler(self.optimizer)
 
     def on_stage_start(self, stage, epoch=None):
         super().on_stage_start(stage, epoch)  # non-finite counters
@@ -119,6 +122,24 @@ if __name__ == "__main__":
         hparams=hparams,
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
+    )
+    # The run's length, for the schedules given as fractions of it (unless fixed in the YAML).
+    total_steps = hparams["total_steps"] or hparams["number_of_epochs"] * optimizer_steps_per_epoch(
+        n_items=len(train_set),
+        batch_size=hparams["train_dataloader_opts"]["batch_size"],
+        drop_last=hparams["train_dataloader_opts"].get("drop_last", False),
+        grad_accumulation=brain.grad_accumulation_factor,
+        world_size=torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,
+    )
+    for schedule in (hparams["lr_scheduler"], hparams["margin_scheduler"]):
+        schedule.set_total_steps(total_steps)
+    logger.info(
+        "Schedules over %d optimizer steps: warm-up %d, margin %.2f held %d then ramped %d steps",
+        total_steps,
+        hparams["lr_scheduler"].warmup_length,
+        hparams["margin"],
+        hparams["margin_scheduler"].hold_steps,
+        hparams["margin_scheduler"].ramp_steps,
     )
     log_trainable_parameters(brain.modules)
     brain.fit(

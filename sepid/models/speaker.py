@@ -1,6 +1,7 @@
 """WavLM + LoRA speaker encoder: the speaker branch of every recipe in this project.
 
-``waveform [B, T] @ 16 kHz -> WavLM (frozen, LoRA on the chosen linears) -> hidden states
+``waveform [B, T] @ 16 kHz -> WavLM (frozen with LoRA on the chosen linears, or fine-tuned whole)
+-> hidden states
 -> (optional learned weighted sum of layers) -> pooling (mean | attentive statistics)
 -> linear projection -> embedding [B, D]``; the ArcFace classifier on top lives in the YAML
 (SpeechBrain's cosine ``Classifier`` with ``AdditiveAngularMargin``).
@@ -30,16 +31,39 @@ logger = logging.getLogger(__name__)
 POOLINGS = ("mean", "attentive")
 
 
+def _count(params):
+    params = list(params)
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def backbone_state(encoder):
+    """What trains in a ``WavLMSpeakerEncoder``'s pretrained backbone, in words, read from the
+    parameters' ``requires_grad`` (not from the options, so it cannot disagree with them)."""
+    base = [(n, p) for n, p in encoder.backbone.named_parameters() if ".lora_" not in n]
+    lora = [p for n, p in encoder.backbone.named_parameters() if ".lora_" in n]
+    trainable, total = _count(p for _, p in base)
+    adapters = f", LoRA adapters: {_count(lora)[0]} trainable" if lora else ""
+    if trainable == 0:
+        return f"pretrained backbone frozen ({total} parameters){adapters}"
+    frozen = sorted({n.split(".")[0] for n, p in base if not p.requires_grad})
+    return (
+        f"pretrained backbone fine-tuned: {trainable} of {total} parameters train"
+        + (f" (frozen: {', '.join(frozen)})" if frozen else "")
+        + adapters
+    )
+
+
 def log_trainable_parameters(modules):
-    """Logs how many parameters train out of how many; returns ``(trainable, total)``."""
-    params = list(modules.parameters())
-    total = sum(p.numel() for p in params)
-    trainable = sum(p.numel() for p in params if p.requires_grad)
+    """Logs how many parameters train out of how many and, for each WavLM speaker encoder among
+    ``modules`` (a ``ModuleDict``), whether its backbone is frozen; returns ``(trainable, total)``."""
+    trainable, total = _count(modules.parameters())
+    encoders = [m for m in modules.modules() if isinstance(m, WavLMSpeakerEncoder)]
     logger.info(
-        "Trainable parameters: %d of %d (%.2f%%); the pretrained backbone is frozen",
+        "Trainable parameters: %d of %d (%.2f%%)%s",
         trainable,
         total,
         100.0 * trainable / max(total, 1),
+        "".join(f"; {backbone_state(e)}" for e in encoders),
     )
     return trainable, total
 
@@ -63,7 +87,8 @@ def masked_mean(frames, frame_lens):
 
 @register_checkpoint_hooks
 class WavLMSpeakerEncoder(nn.Module):
-    """Frozen WavLM with LoRA adapters, pooling and a projection to a speaker embedding.
+    """WavLM (frozen with LoRA adapters, or fine-tuned whole), pooling and a projection to a
+    speaker embedding.
 
     Arguments
     ---------
@@ -72,6 +97,14 @@ class WavLMSpeakerEncoder(nn.Module):
         (default in the YAMLs: ``microsoft/wavlm-base-plus``).
     embedding_dim : int
         Size of the speaker embedding.
+    freeze_backbone : bool
+        ``True`` (default): the pretrained WavLM is frozen and only LoRA (if any) and the head
+        train. ``False``: every WavLM weight trains too (full fine-tuning; LoRA, if kept, trains
+        alongside), and checkpoints then hold the whole backbone.
+    freeze_feature_encoder : bool
+        With ``freeze_backbone=False``: keep WavLM's convolutional feature encoder frozen (as
+        Hugging Face's fine-tuning recipes do); ``False`` trains it as well. Ignored (frozen) when
+        the backbone is frozen.
     lora_rank, lora_alpha, lora_dropout : LoRA hyperparameters (``lora_rank: 0`` disables LoRA).
     lora_targets : list of str
         Names of the linears to adapt (attention ``q_proj k_proj v_proj out_proj``; the
@@ -100,20 +133,24 @@ class WavLMSpeakerEncoder(nn.Module):
         layer_weighting=False,
         normalize_waveform=False,
         cache_dir=None,
+        freeze_backbone=True,
+        freeze_feature_encoder=True,
     ):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.source = str(source)
+        self.freeze_backbone = bool(freeze_backbone)
         self.backbone = WavLMModel.from_pretrained(self.source, cache_dir=cache_dir)
-        self.backbone.requires_grad_(False)
-        # Also tells HF's feature encoder it is frozen; otherwise it sets requires_grad on its
-        # input, which fails when the input comes from another network (the joint recipe).
-        self.backbone.freeze_feature_encoder()
+        self.backbone.requires_grad_(not self.freeze_backbone)
+        if self.freeze_backbone or freeze_feature_encoder:
+            # Also tells HF's feature encoder it is frozen; otherwise it sets requires_grad on its
+            # input, which fails when the input comes from another network (the joint recipe).
+            self.backbone.freeze_feature_encoder()
         # SpecAugment-style masking inside WavLM is for pre-training, not for embedding.
         self.backbone.config.apply_spec_augment = False
-        # ... and so is LayerDrop: a frozen backbone should be the same network in training and
-        # evaluation (and under DDP a skipped layer's LoRA would get no gradient).
+        # ... and so is LayerDrop: the backbone should be the same network in training and
+        # evaluation (and under DDP a skipped layer's weights would get no gradient).
         self.backbone.config.layerdrop = 0.0
         self.normalize_waveform = normalize_waveform
         if lora_rank > 0:
@@ -181,9 +218,12 @@ class WavLMSpeakerEncoder(nn.Module):
             pooled = self.pool(frames.transpose(1, 2), lengths=rel).squeeze(-1)
         return self.projection(pooled)
 
-    # --- checkpointing: only what trains, plus the base model id -------------------------------
+    # --- checkpointing: everything that trains, plus the base model id ---------------------------
     def trainable_state_dict(self):
-        """The state that fine-tuning changes: LoRA tensors and every non-backbone tensor."""
+        """The state that training changes: with a frozen backbone, the LoRA tensors and every
+        non-backbone tensor; with a fine-tuned one, every tensor (the whole backbone included)."""
+        if not self.freeze_backbone:
+            return self.state_dict()
         return {
             k: v
             for k, v in self.state_dict().items()
@@ -192,7 +232,14 @@ class WavLMSpeakerEncoder(nn.Module):
 
     @mark_as_saver
     def _save(self, path):
-        torch.save({"base_model": self.source, "state": self.trainable_state_dict()}, path)
+        torch.save(
+            {
+                "base_model": self.source,
+                "freeze_backbone": self.freeze_backbone,
+                "state": self.trainable_state_dict(),
+            },
+            path,
+        )
 
     @mark_as_loader
     def _load(self, path, end_of_epoch=False, device=None):
@@ -208,6 +255,19 @@ class WavLMSpeakerEncoder(nn.Module):
                 path,
                 saved["base_model"],
                 self.source,
+            )
+        # Checkpoints written before the option existed hold a frozen backbone's state.
+        saved_frozen = saved.get("freeze_backbone", True)
+        if saved_frozen != self.freeze_backbone:
+            raise ValueError(
+                f"Checkpoint {path} was trained with freeze_backbone={saved_frozen} but this "
+                f"encoder has freeze_backbone={self.freeze_backbone}: "
+                + (
+                    "its fine-tuned backbone would be replaced by the base model's weights. "
+                    if not saved_frozen
+                    else "it holds no backbone weights. "
+                )
+                + f"Pass --freeze_backbone={saved_frozen} (the YAML it was trained with)."
             )
         expected = set(self.trainable_state_dict())
         missing = expected - set(saved["state"])

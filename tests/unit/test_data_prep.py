@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from data_prep import voxceleb_prepare
 from data_prep.folder_prepare import prepare_folder
@@ -19,6 +20,7 @@ from data_prep.voxceleb_prepare import main as voxceleb_main
 from data_prep.voxceleb_prepare import prepare_voxceleb
 from sepid.manifest import read_csv, write_csv
 from sepid.prep import (
+    SEGMENT_COLUMNS,
     TRIAL_COLUMNS,
     UTT_COLUMNS,
     generate_trials,
@@ -98,7 +100,8 @@ def test_voxceleb_manifests(vox, tmp_path):
     assert set(out) == set(SPLIT_CSVS_KEYS) | {"veri_trials", "veri_utts", "prep_options"}
     for key in ["train", "valid", "iden_enrol", "iden_test", "veri_utts"]:
         with open(out[key]) as f:
-            assert next(csv.reader(f)) == UTT_COLUMNS
+            expected = SEGMENT_COLUMNS if key in ("train", "valid") else UTT_COLUMNS
+            assert next(csv.reader(f)) == expected
         for row in read_csv(out[key]):
             assert resolve(row["wav"], data).is_file()
             assert row["wav"].startswith("$data_root/wav/")
@@ -446,6 +449,7 @@ def test_ffmpeg_missing(tmp_path, clips, monkeypatch):
 FAKE_FFMPEG = """#!{python}
 import sys
 import soundfile as sf
+import torch
 args = sys.argv[1:]
 src, dst = args[args.index("-i") + 1], args[-1]
 with open({log!r}, "a") as f:
@@ -631,3 +635,72 @@ def test_generate_trials_balanced():
     assert all((t[1][0] == t[2][0]) == (t[0] == 1) for t in trials)
     with pytest.raises(ValueError, match="at least 2 speakers"):
         generate_trials({"a": ["a1", "a2"]})
+
+
+def test_split_holds_out_segments_for_speakers_without_validation(caplog):
+    utts = {"big": [f"big{i}" for i in range(20)], "one": ["o0"], "two": ["w0", "w1"]}
+    durations = {u: 4.0 for ids in utts.values() for u in ids}
+    durations.update({"w0": 2.5, "w1": 6.0, "o0": 2.9})
+    kwargs = dict(n_iden_enrol=3, n_iden_test=2, valid_ratio=0.1, min_duration=1.0)
+    without = split_speaker_utterances(utts, **kwargs)
+    assert without["held_out"] == {}
+    with caplog.at_level(logging.INFO):
+        splits = split_speaker_utterances(
+            utts, durations=durations, valid_segment_seconds=2.0, **kwargs
+        )
+    # the longest utterance long enough (2 s + min_duration) gives its last 2 s; "one" has none
+    assert splits["held_out"] == {"w1": 4.0}
+    assert "not validated: one" in caplog.text
+    # the rest of the split is unchanged
+    assert {k: v for k, v in splits.items() if k != "held_out"} == {
+        k: v for k, v in without.items() if k != "held_out"
+    }
+    with pytest.raises(ValueError, match="durations"):
+        split_speaker_utterances(utts, valid_segment_seconds=2.0)
+
+
+def test_folder_prepare_one_utterance_per_speaker_validates_on_held_out_segments(tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    by_spk = {}
+    for f in sorted(LIBRI.glob("*/*.flac")):  # each speaker's longest file
+        if sf.info(f).frames > sf.info(by_spk.get(f.parent.name, f)).frames:
+            by_spk[f.parent.name] = f
+        by_spk.setdefault(f.parent.name, f)
+    for f in by_spk.values():  # one utterance per speaker
+        shutil.copy(f, flat / f.name)
+    empty = prepare_folder(flat, tmp_path / "off", trial_speakers=None)
+    assert read_csv(empty["valid"]) == []
+    out = prepare_folder(flat, tmp_path / "on", trial_speakers=None, valid_segment_seconds=2.0)
+    train = {r["ID"]: r for r in read_csv(out["train"], SEGMENT_COLUMNS)}
+    valid = read_csv(out["valid"], SEGMENT_COLUMNS)
+    assert len(valid) == len(train) == len(by_spk)
+    for row in valid:
+        utt_id, cut = row["ID"].split("@")
+        head = train[utt_id]
+        # training stops where the held-out segment starts; the segment runs to the file's end
+        assert float(head["start"]) == 0.0 and float(head["stop"]) == float(cut)
+        assert float(row["start"]) == float(cut) and row["wav"] == head["wav"]
+        end = sf.info(resolve(row["wav"], flat)).duration
+        assert abs(float(row["stop"]) - end) < 1e-3 and abs(float(row["duration"]) - 2.0) < 1e-3
+        assert abs(float(head["duration"]) + 2.0 - end) < 1e-3
+    assert read_csv(out["iden_test"]) == []
+    # the option is part of the saved options: turning it off redoes the split
+    again = prepare_folder(flat, tmp_path / "on", trial_speakers=None)
+    assert read_csv(again["valid"]) == []
+
+
+def test_segment_pipelines_stay_inside_the_segment(tmp_path):
+    from sepid.dataio import random_crop_pipeline, segment_pipeline
+
+    wav = tmp_path / "ramp.wav"
+    sf.write(wav, np.arange(4 * RATE, dtype=np.float32) / (4 * RATE), RATE, subtype="FLOAT")
+    crop = random_crop_pipeline(RATE, 0.5)
+    torch.manual_seed(0)
+    for _ in range(20):
+        sig = crop(str(wav), "0.0", "1.0")
+        assert sig.shape[0] == RATE // 2 and float(sig.max()) <= 0.25 + 1e-6
+    whole = segment_pipeline(RATE, max_seconds=1.0)(str(wav), "3.0", "4.0")
+    assert whole.shape[0] == RATE and float(whole.min()) >= 0.75 - 1e-6
+    short = crop(str(wav), "3.8", "4.0")  # shorter than the crop: repeated, still in the segment
+    assert short.shape[0] == RATE // 2 and float(short.min()) >= 0.95 - 1e-6

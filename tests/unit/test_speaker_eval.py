@@ -1,5 +1,7 @@
 """Evaluation sets built from manifests: one embedding per distinct utterance, clear errors."""
 
+import logging
+
 import pytest
 import torch
 
@@ -8,6 +10,7 @@ from sepid.scoring import EmbeddingTable
 from sepid.speaker_eval import (
     IdentificationSet,
     VerificationSet,
+    drop_empty_sets,
     identification_report,
     unique_utterances,
 )
@@ -83,3 +86,17 @@ def test_results_table_has_a_column_per_model():
     assert "| metric | pretrained | finetuned |" in table
     assert "| verification cosine EER (%) | 10.00 | 5.00 |" in table
     assert "Command: `python x.py`" in table
+
+
+def test_empty_sets_are_skipped_with_a_log_line(prep, tmp_path, caplog):
+    vset = VerificationSet.from_prep("verification", tmp_path, tmp_path)
+    full = IdentificationSet.from_prep("full", tmp_path, tmp_path)
+    write_csv(tmp_path / "empty" / "iden_enrol.csv", [utt(0, "a")], UTT)
+    write_csv(tmp_path / "empty" / "iden_test.csv", [], UTT)
+    empty = IdentificationSet.from_prep("train_speakers", tmp_path / "empty", tmp_path)
+    no_targets = VerificationSet("v2", [(0, "u0", "u2")], vset.paths, vset.rows)
+    with caplog.at_level(logging.WARNING):
+        assert drop_empty_sets([vset, no_targets]) == [vset]
+        assert drop_empty_sets([empty, full]) == [full]
+    assert "Skipping the 'train_speakers' evaluation set: no test utterance" in caplog.text
+    assert "'v2' evaluation set: only non-target trials" in caplog.text

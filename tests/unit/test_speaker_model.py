@@ -2,6 +2,7 @@
 loaded through the same ``from_pretrained`` path as ``microsoft/wavlm-base-plus``."""
 
 import copy
+import logging
 import math
 
 import pytest
@@ -11,7 +12,13 @@ from torch import nn
 
 from sepid.models.lora import lora_disabled, lora_modules, lora_state_dict, merge_lora
 from sepid.models.losses import MarginScheduler, set_aam_margin
-from sepid.models.speaker import WavLMSpeakerEncoder, embed_in_chunks, masked_mean
+from sepid.models.speaker import (
+    WavLMSpeakerEncoder,
+    embed_in_chunks,
+    log_trainable_parameters,
+    masked_mean,
+)
+from sepid.schedules import WarmupExpDecay, optimizer_steps_per_epoch
 from sepid.tiny import save_tiny_wavlm
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
@@ -218,3 +225,91 @@ def test_margin_schedule():
     assert math.isclose(schedule.value(20), 0.15)
     assert schedule.value(30) == 0.3
     assert schedule.value(10_000) == 0.3
+
+
+def test_margin_schedule_in_fractions_of_the_run():
+    schedule = MarginScheduler(final=0.3, hold_fraction=0.1, ramp_fraction=0.2)
+    with pytest.raises(ValueError, match="run's length is unknown"):
+        schedule.value(0)
+    schedule.set_total_steps(100)
+    assert (schedule.hold_steps, schedule.ramp_steps) == (10, 20)
+    assert schedule.value(9) == 0.0 and math.isclose(schedule.value(20), 0.15)
+    # steps win over fractions when both are given (a command-line override of the steps)
+    fixed = MarginScheduler(final=0.3, hold_steps=5, hold_fraction=0.5, total_steps=100)
+    assert fixed.hold_steps == 5 and fixed.ramp_steps == 0 and fixed.value(5) == 0.3
+
+
+def test_lr_schedule_warmup_and_decay_in_fractions():
+    schedule = WarmupExpDecay(lr=1.0, decay_factor=0.01, warmup_fraction=0.1)
+    schedule.set_total_steps(110)
+    assert schedule.warmup_length == 11
+    assert math.isclose(schedule.value(0), 1 / 11)  # the first step does not run at rate 0
+    assert math.isclose(schedule.value(10), 1.0)
+    assert math.isclose(schedule.value(11), 1.0)
+    assert math.isclose(schedule.value(11 + 49.5), 0.1)  # half way in log scale
+    assert math.isclose(schedule.value(110), 0.01) and math.isclose(schedule.value(10**6), 0.01)
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=123.0)
+    assert math.isclose(schedule(opt, 110), 0.01) and opt.param_groups[0]["lr"] == schedule(
+        opt, 110
+    )
+    same = WarmupExpDecay(lr=1.0, decay_factor=0.01, warmup_steps=11, total_steps=110)
+    assert [same.value(s) for s in range(120)] == [schedule.value(s) for s in range(120)]
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        WarmupExpDecay(lr=1.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        (dict(n_items=100, batch_size=8), 13),
+        (dict(n_items=100, batch_size=8, drop_last=True), 12),
+        (dict(n_items=100, batch_size=8, drop_last=True, world_size=2), 6),
+        (dict(n_items=100, batch_size=8, grad_accumulation=4), 4),
+        (dict(n_items=3, batch_size=8, drop_last=True), 1),
+    ],
+)
+def test_optimizer_steps_per_epoch(kwargs, expected):
+    assert optimizer_steps_per_epoch(**kwargs) == expected
+
+
+def test_full_fine_tuning_trains_and_checkpoints_the_backbone(wavlm_dir, batch, tmp_path):
+    encoder = make_encoder(wavlm_dir, freeze_backbone=False)
+    trainable = {n for n, p in encoder.named_parameters() if p.requires_grad}
+    assert any(n.startswith("backbone.encoder.layers.") and ".lora_" not in n for n in trainable)
+    # the convolutional feature encoder stays frozen unless asked
+    assert not any(n.startswith("backbone.feature_extractor.") for n in trainable)
+    assert any(
+        n.startswith("backbone.feature_extractor.")
+        for n, p in make_encoder(
+            wavlm_dir, freeze_backbone=False, freeze_feature_encoder=False
+        ).named_parameters()
+        if p.requires_grad
+    )
+    # a trained backbone: change a base weight (not LoRA), save, load into a fresh encoder
+    with torch.no_grad():
+        encoder.backbone.encoder.layers[0].feed_forward.output_dense.weight.add_(0.5)
+        randomise_lora_b(encoder)
+    wavs, lens = batch
+    expected = encoder(wavs, lens)
+    encoder._save(tmp_path / "enc.ckpt")
+    fresh = make_encoder(wavlm_dir, freeze_backbone=False)
+    assert not torch.allclose(fresh(wavs, lens), expected)
+    fresh._load(tmp_path / "enc.ckpt")
+    torch.testing.assert_close(fresh(wavs, lens), expected)
+    # a frozen encoder refuses it (it would drop the trained backbone), and vice versa
+    with pytest.raises(ValueError, match="freeze_backbone=False"):
+        make_encoder(wavlm_dir)._load(tmp_path / "enc.ckpt")
+    make_encoder(wavlm_dir)._save(tmp_path / "frozen.ckpt")
+    with pytest.raises(ValueError, match="freeze_backbone=True"):
+        fresh._load(tmp_path / "frozen.ckpt")
+
+
+def test_parameter_log_tells_whether_the_backbone_trains(wavlm_dir, caplog):
+    for frozen, says in ((True, "backbone frozen"), (False, "backbone fine-tuned")):
+        modules = nn.ModuleDict({"encoder": make_encoder(wavlm_dir, freeze_backbone=frozen)})
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="sepid.models.speaker"):
+            trainable, total = log_trainable_parameters(modules)
+        assert says in caplog.text and "LoRA adapters" in caplog.text
+        assert ("frozen: feature_extractor" in caplog.text) == (not frozen)
+        assert (trainable > total // 2) == (not frozen)
