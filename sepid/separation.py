@@ -107,24 +107,26 @@ class SpeakerPredictions:
 
 
 class SpeakerIdentifier:
-    """Predicts speakers by cosine to per-speaker enrolment centroids and, for the fine-tuned
-    model, by its ArcFace classifier head.
+    """Predicts speakers by cosine to per-speaker enrolment centroids and, when the model has a
+    classifier head, by that head.
 
     Arguments
     ---------
-    model : sepid.speaker_model.SpeakerModel
+    embed : callable
+        ``wavs [1, T] -> [1, D]`` embeddings at the speaker model's rate (it chunks long inputs);
+        e.g. an exported model's ``encode_batch`` (:func:`interface_identifier`).
     enrol_signals : dict
-        speaker -> list of 1-D tensors at ``model.sample_rate`` (clean enrolment utterances).
-    pretrained_only : bool
-        Use the base model's mean-pooled hidden states (the baseline); no classifier.
-    chunk_seconds : float
-        Longer signals are embedded in chunks (see ``embed_in_chunks``).
+        speaker -> list of 1-D tensors at the speaker model's rate (clean enrolment utterances).
+    classify : callable, optional
+        ``embeddings [N, D] -> N labels`` (the classifier head's top-1); None: embedding only.
+    classes : iterable, optional
+        The labels ``classify`` can give (the head's training speakers).
     """
 
-    def __init__(self, model, enrol_signals, pretrained_only=False, chunk_seconds=20.0):
-        self.model = model
-        self.pretrained_only = pretrained_only
-        self.chunk = int(chunk_seconds * model.sample_rate)
+    def __init__(self, embed, enrol_signals, classify=None, classes=None):
+        self.embed_batch = embed
+        self.classify = classify
+        self.classes = None if classify is None else set(classes)
         self.speakers = sorted(enrol_signals)
         centroids = []
         for spk in self.speakers:
@@ -135,11 +137,7 @@ class SpeakerIdentifier:
     @torch.no_grad()
     def embed(self, signal):
         """``[1, D]`` embedding of a 1-D signal at the speaker model's rate."""
-        device = next(self.model.encoder.parameters()).device
-        wav = signal.reshape(1, -1).to(device)
-        return embed_in_chunks(
-            self.model.encoder, wav, torch.ones(1, device=device), self.chunk, self.pretrained_only
-        ).cpu()
+        return self.embed_batch(signal.reshape(1, -1)).float().cpu()
 
     @torch.no_grad()
     def predict(self, signals):
@@ -147,12 +145,53 @@ class SpeakerIdentifier:
         embs = torch.cat([self.embed(s) for s in signals])
         scores = torch.nn.functional.normalize(embs, dim=1) @ self.centroids.T
         by_embedding = [self.speakers[i] for i in scores.argmax(1).tolist()]
-        if self.pretrained_only:
+        if self.classify is None:
             return SpeakerPredictions(by_embedding, [None] * len(signals))
-        device = next(self.model.classifier.parameters()).device
-        logits = self.model.classifier(embs.unsqueeze(1).to(device)).squeeze(1)
-        labels = self.model.label_encoder.decode_ndim(logits.argmax(1).cpu().tolist())
-        return SpeakerPredictions(by_embedding, list(labels))
+        return SpeakerPredictions(by_embedding, list(self.classify(embs)))
+
+
+def head_classifier(classifier, label_encoder):
+    """``embeddings [N, D] -> labels``: top-1 of a cosine classifier head."""
+
+    @torch.no_grad()
+    def classify(embs):
+        device = next(classifier.parameters()).device
+        logits = classifier(embs.unsqueeze(1).to(device)).squeeze(1)
+        return label_encoder.decode_ndim(logits.argmax(1).cpu().tolist())
+
+    return classify
+
+
+def interface_identifier(model, enrol_signals):
+    """A :class:`SpeakerIdentifier` of an exported speaker model (``WavLMSpeakerInterface``):
+    its ``encode_batch`` (chunked at its ``chunk_seconds``) and its classifier head."""
+    return SpeakerIdentifier(
+        model.encode_batch,
+        enrol_signals,
+        head_classifier(model.mods.classifier, model.hparams.label_encoder),
+        model.hparams.label_encoder.lab2ind,
+    )
+
+
+def module_identifier(
+    encoder, enrol_signals, chunk_seconds, sample_rate, classifier=None, label_encoder=None
+):
+    """A :class:`SpeakerIdentifier` of a recipe's own speaker modules (the joint model's
+    branch): ``encoder`` embeds in chunks of ``chunk_seconds``. Without ``classifier`` it is the
+    base model's baseline (mean-pooled hidden states with LoRA off: ``pretrained_only``)."""
+    chunk = int(chunk_seconds * sample_rate)
+    pretrained_only = classifier is None
+
+    def embed(wavs):
+        device = next(encoder.parameters()).device
+        wavs = wavs.to(device)
+        ones = torch.ones(wavs.shape[0], device=device)
+        return embed_in_chunks(encoder, wavs, ones, chunk, pretrained_only)
+
+    if classifier is None:
+        return SpeakerIdentifier(embed, enrol_signals)
+    classify = head_classifier(classifier, label_encoder)
+    return SpeakerIdentifier(embed, enrol_signals, classify, label_encoder.lab2ind)
 
 
 def assigned_labels(perm, reference_speakers):

@@ -55,25 +55,24 @@ def mixture_speakers(hparams):
     return {r["s1_spk"] for r in rows} | {r["s2_spk"] for r in rows}
 
 
-def enrolment_signals(hparams, model):
-    """Clean enrolment utterances (speaker -> signals at the speaker model's rate) of the speakers
-    in the test mixtures, from ``enrol_csv`` (default: the speaker experiment's
-    ``iden_enrol.csv``). Mixture speakers without enrolment are logged; their outputs can't be
+def enrolment_signals(hparams, sample_rate):
+    """Clean enrolment utterances (speaker -> signals at the speaker model's ``sample_rate``) of
+    the speakers in the test mixtures, from ``enrol_csv`` (resolved against
+    ``enrol_data_folder``). Mixture speakers without enrolment are logged; their outputs can't be
     identified by embedding and are excluded from that accuracy (and counted)."""
-    csv_path = hparams["enrol_csv"] or model.enrol_csv
-    root = hparams["enrol_data_folder"] or model.data_folder
+    csv_path, root = hparams["enrol_csv"], hparams["enrol_data_folder"]
     if csv_path is None or root is None:
         raise ValueError(
-            "No enrolment utterances: the speaker model is not a speaker-recipe experiment, so "
-            "pass --enrol_csv (a manifest with utterances of the mixture speakers, e.g. a data "
-            "prep's iden_enrol.csv) and --enrol_data_folder (the corpus it resolves against)."
+            "Speaker identification needs enrolment utterances: pass --enrol_csv (a manifest "
+            "with utterances of the mixture speakers, e.g. the speaker data prep's "
+            "iden_enrol.csv) and --enrol_data_folder (the corpus it resolves against)."
         )
     wanted = mixture_speakers(hparams)
     signals = {}
     for row in read_csv(csv_path, UTTERANCE_COLUMNS):
         if row["spk_id"] in wanted:
             wav = resolve_path(row["wav"], root)
-            signals.setdefault(row["spk_id"], []).append(read_audio(wav, model.sample_rate))
+            signals.setdefault(row["spk_id"], []).append(read_audio(wav, sample_rate))
     missing = sorted(wanted - set(signals))
     if missing:
         logger.warning(

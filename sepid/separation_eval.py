@@ -14,7 +14,6 @@ from sepid.audio import resample
 from sepid.distributed import gather_objects
 from sepid.metrics.separation import evaluate_many
 from sepid.separation import (
-    SpeakerIdentifier,
     accuracy,
     assigned_labels,
     separate,
@@ -79,17 +78,16 @@ class SeparationEvalBrain(sb.Brain):
         out_folder,
         identifiers=None,
         speaker_rate=None,
-        known_speakers=None,
     ):
         """What to evaluate: ``separate_batch`` (``mix [B, T] -> [B, T, n_src]`` at
-        ``separator_rate``), where to write, and the speaker identifiers (name -> identifier)
-        with the speakers each ``(name, method)`` can name at all."""
+        ``separator_rate``), where to write, and the speaker identifiers (name ->
+        :class:`sepid.separation.SpeakerIdentifier`) at ``speaker_rate``."""
         self.separate_batch = separate_batch
         self.separator_rate = separator_rate
         self.out_folder = Path(out_folder)
         self.identifiers = identifiers or {}
         self.speaker_rate = speaker_rate
-        self.known_speakers = known_speakers or {}
+        self.known_speakers = known_speakers(self.identifiers)
         return self
 
     def on_stage_start(self, stage, epoch=None):
@@ -171,14 +169,12 @@ def score_items(items, hparams, sample_rate, known_speakers, out):
     }
 
 
-def speaker_identifiers(model, enrol, tags=("pretrained", "finetuned")):
-    """Identifiers for a speaker model: ``pretrained`` (the base model's mean-pooled states, no
-    classifier) and/or the model itself; and the speakers each ``(tag, method)`` can name."""
-    identifiers, known = {}, {}
-    for tag in tags:
-        base = tag == "pretrained"
-        identifiers[tag] = SpeakerIdentifier(model, enrol, pretrained_only=base)
-        known[(tag, "embedding")] = set(enrol)
-        if not base:
-            known[(tag, "classifier")] = set(model.label_encoder.lab2ind)
-    return identifiers, known
+def known_speakers(identifiers):
+    """The speakers each ``(tag, method)`` can name at all: the enrolled speakers by embedding,
+    the training speakers of its head by classifier."""
+    known = {}
+    for tag, identifier in identifiers.items():
+        known[(tag, "embedding")] = set(identifier.speakers)
+        if identifier.classes is not None:
+            known[(tag, "classifier")] = identifier.classes
+    return known

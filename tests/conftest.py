@@ -19,3 +19,14 @@ def speaker_experiment(tmp_path_factory):
         ]
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def exported_speaker(speaker_experiment, tmp_path_factory):
+    """The session's speaker experiment exported by pretrained_interfaces/export.py (merged LoRA,
+    no threshold: not evaluated), as the separation and joint recipes take it."""
+    from pretrained_interfaces.export import export_speaker
+
+    return export_speaker(
+        run_folder=speaker_experiment, out=tmp_path_factory.mktemp("exported") / "speaker"
+    )

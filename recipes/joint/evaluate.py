@@ -6,18 +6,21 @@ Both systems are scored by the separation evaluation (``sepid.separation_eval``,
 and SDRi (BSS-eval, both estimates against both references), PESQ, STOI, all at the separator's
 rate, plus speaker identification of each separated output (by enrolment centroid and by the
 classifier head, labels from the SI-SDR permutation), with the clean-source and raw-mixture
-bounds.
+bounds. The baseline's speaker model is ``speaker_source`` loaded as users load it
+(``foreign_class``); with ``speaker_source: null`` (a branch trained from the base model) the
+baseline is the base model's mean-pooled hidden states.
 
-To run::
+To run (the training command's options, plus the test mixtures and the enrolment)::
 
     python recipes/joint/evaluate.py hparams/sepformer-wavlm-speaker.yaml \\
-        --data_folder /data/voxceleb2 --speaker_model results/wavlm-lora-arcface/1986 \\
-        --mixture_folder /data/mix
+        --data_folder /data/voxceleb2 --speaker_source exported/spk \\
+        --speaker_manifest results/wavlm-lora-arcface/1986/prep/train.csv --mixture_folder /data/mix \\
+        --enrol_csv results/wavlm-lora-arcface/1986/prep/iden_enrol.csv \\
+        --enrol_data_folder /data/voxceleb2
 """
 
 import json
 import sys
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -28,10 +31,10 @@ from speechbrain.utils.logger import get_logger
 from sepid.experiment import start_experiment
 from sepid.manifest import write_atomic
 from sepid.models.joint import separate_with_modules
-from sepid.separation import load_separator
+from sepid.separation import interface_identifier, load_separator, module_identifier
 from sepid.separation_data import enrolment_signals, log_rates, mixture_dataset
-from sepid.separation_eval import SeparationEvalBrain, speaker_identifiers
-from sepid.speaker_model import load_speaker_experiment
+from sepid.separation_eval import SeparationEvalBrain
+from sepid.speaker_source import load_speaker_interface, prepare_speaker_branch
 from sepid.tables import separation_results_table
 
 logger = get_logger(__name__)
@@ -44,40 +47,49 @@ if __name__ == "__main__":
             "Pass --mixture_folder: the test mixtures written by data_prep/make_mixtures.py."
         )
     device = run_opts.get("device", "cpu")
-    # The joint model: its best checkpoint by validation SI-SNRi.
+    # The joint model: the YAML's modules as training initialised them, then its best checkpoint
+    # by validation SI-SNRi (the checkpoint holds what trained: LoRA, heads, the separator).
+    hparams["pretrainer"].collect_files()
+    hparams["pretrainer"].load_collected()
+    label_encoder = prepare_speaker_branch(hparams)
     checkpoint = hparams["checkpointer"].recover_if_possible(max_key="si_snri")
     if checkpoint is None:
         raise FileNotFoundError(
             f"No checkpoint in {hparams['save_folder']}: train first with recipes/joint/train.py "
             f"{hparams_file} (same overrides)."
         )
-    rate = hparams["sample_rate"]
-    # The baselines: the pretrained separator and the speaker recipe's own model, untouched.
+    rate, speaker_rate = hparams["sample_rate"], hparams["speaker_sample_rate"]
+    # The baselines: the pretrained separator and the speaker model, untouched.
     baseline = load_separator(hparams["separator_source"], hparams["separator_savedir"], device)
     if int(baseline.hparams.sample_rate) != rate:
         raise ValueError(
             f"{hparams['separator_source']} runs at {baseline.hparams.sample_rate} Hz but "
             f"sample_rate is {rate} in {hparams_file}: set sample_rate to the separator's rate."
         )
-    joint_speaker = replace(
-        hparams["speaker"],
-        encoder=hparams["speaker_encoder"].to(device).eval(),
-        classifier=hparams["classifier"].to(device).eval(),
-        checkpoint=str(checkpoint.path),
-    )
-    if hparams["speaker_model"] is not None:
-        speaker_model = load_speaker_experiment(hparams["speaker_model"], device=device)
-        baseline_tags = ("pretrained", "finetuned")
+    enrol = enrolment_signals(hparams, speaker_rate)
+    encoder = hparams["speaker_encoder"].to(device).eval()
+    classifier = hparams["classifier"].to(device).eval()
+    chunk_seconds = hparams["speaker_chunk_seconds"]
+    if hparams["speaker_source"] is not None:
+        speaker_model = load_speaker_interface(
+            hparams["speaker_source"], hparams["speaker_savedir"], device=device
+        )
+        if int(speaker_model.hparams.sample_rate) != speaker_rate:
+            raise ValueError(
+                f"{hparams['speaker_source']} runs at {speaker_model.hparams.sample_rate} Hz but "
+                f"speaker_sample_rate is {speaker_rate} in {hparams_file}."
+            )
+        baseline_identifiers = {"finetuned": interface_identifier(speaker_model, enrol)}
     else:  # the joint branch started from the base model: that (LoRA off, no head) is the baseline
-        speaker_model, baseline_tags = joint_speaker, ("pretrained",)
-    enrol = enrolment_signals(hparams, speaker_model)
+        baseline_identifiers = {
+            "pretrained": module_identifier(encoder, enrol, chunk_seconds, speaker_rate)
+        }
+    joint_identifier = module_identifier(
+        encoder, enrol, chunk_seconds, speaker_rate, classifier, label_encoder
+    )
     modules = hparams["modules"]
     systems = {
-        "pretrained separator": (
-            baseline.separate_batch,
-            baseline.mods,
-            speaker_identifiers(speaker_model, enrol, tags=baseline_tags),
-        ),
+        "pretrained separator": (baseline.separate_batch, baseline.mods, baseline_identifiers),
         "joint model": (
             partial(
                 separate_with_modules,
@@ -85,24 +97,23 @@ if __name__ == "__main__":
                 num_spks=hparams["num_spks"],
             ),
             torch.nn.ModuleDict({k: modules[k] for k in SEPARATOR_MODULES}),
-            speaker_identifiers(joint_speaker, enrol, tags=("joint",)),
+            {"joint": joint_identifier},
         ),
     }
     dataset, corpus_rate = mixture_dataset(
-        hparams["test_csv"], hparams["mixture_folder"], rate, speaker_model.sample_rate
+        hparams["test_csv"], hparams["mixture_folder"], rate, speaker_rate
     )
     log_rates(corpus_rate, rate, "the separators")
     out = Path(hparams["eval_folder"])
     reports = {}
-    for name, (separate_batch, mods, (identifiers, known)) in systems.items():
+    for name, (separate_batch, mods, identifiers) in systems.items():
         brain = SeparationEvalBrain(modules={"separator": mods}, hparams=hparams, run_opts=run_opts)
         brain.configure(
             separate_batch,
             rate,
             out / name.replace(" ", "_"),
             identifiers,
-            speaker_model.sample_rate,
-            known,
+            speaker_rate,
         )
         brain.modules.eval()
         brain.evaluate(dataset, test_loader_kwargs=hparams["eval_dataloader_opts"])

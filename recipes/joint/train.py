@@ -10,10 +10,17 @@ mixed precision are the Brain's own (``grad_accumulation_factor``, ``max_grad_no
 ``precision``); a step whose loss or gradients are not finite is skipped and counted, and a
 non-finite validation is never checkpointed (``sepid.training.FiniteBrain``).
 
+The speaker branch starts from an exported speaker model (``--speaker_source``: a folder written
+by ``pretrained_interfaces/export.py`` or its Hub id), loaded into the YAML's modules by the
+``Pretrainer``; with ``--speaker_source=null`` it starts from the base model, its classes the
+``train_speakers`` of ``--speaker_manifest``.
+
 To run::
 
+    python pretrained_interfaces/export.py results/wavlm-lora-arcface/1986 --out exported/spk
     python recipes/joint/train.py hparams/sepformer-wavlm-speaker.yaml \\
-        --data_folder /data/voxceleb2 --speaker_model results/wavlm-lora-arcface/1986
+        --data_folder /data/voxceleb2 --speaker_source exported/spk \\
+        --speaker_manifest results/wavlm-lora-arcface/1986/prep/train.csv
 
 Methods: SepFormer (Subakan et al., ICASSP 2021), permutation-invariant training (Kolbaek et al.,
 2017), SI-SNR (Le Roux et al., 2019), WavLM (Chen et al., 2022), LoRA (Hu et al., 2022), ArcFace
@@ -33,6 +40,7 @@ from sepid.mixtures import DynamicMixingDataset, mixture_collate
 from sepid.models.joint import output_labels, pit_si_snr_loss, separate_with_modules
 from sepid.models.speaker import log_trainable_parameters
 from sepid.separation_data import written_mixture_dataset
+from sepid.speaker_source import prepare_speaker_branch
 from sepid.training import FiniteBrain, check_trainable_data
 
 logger = get_logger(__name__)
@@ -70,7 +78,7 @@ class JointBrain(FiniteBrain):
         sources, estimates = predictions["sources"], predictions["estimates"]
         si_snr_loss, assigned = pit_si_snr_loss(sources, estimates)
         # Classes as the speaker branch's label encoder names them (not the mixtures' indices).
-        encode = self.hparams.speaker.label_encoder.encode_label
+        encode = self.hparams.label_encoder.encode_label
         classes = torch.tensor(
             [[encode(a), encode(b)] for a, b in zip(batch.s1_spk, batch.s2_spk, strict=True)],
             device=self.device,
@@ -162,6 +170,11 @@ def mixture_datasets(hparams):
         seed=hparams["seed"],
     )
     manifest, root = hparams["speaker_manifest"], hparams["data_folder"]
+    if manifest is None:
+        raise ValueError(
+            "Dynamic mixing draws from a speaker manifest: pass --speaker_manifest (e.g. the "
+            "speaker data prep's train.csv), or --train_mixture_folder for written mixtures."
+        )
     train = DynamicMixingDataset.for_split(
         "train",
         manifest,
@@ -203,10 +216,10 @@ def check_speaker_classes(train_set, valid_set, label_encoder):
 if __name__ == "__main__":
     hparams_file, run_opts, overrides, hparams = start_experiment(sys.argv[1:])
     run_on_main(hparams["pretrainer"].collect_files)
-    hparams["pretrainer"].load_collected()
+    hparams["pretrainer"].load_collected()  # the separator and, from speaker_source, the branch
+    label_encoder = prepare_speaker_branch(hparams)
 
     train_set, valid_set = mixture_datasets(hparams)
-    label_encoder = hparams["speaker"].label_encoder
     check_speaker_classes(train_set, valid_set, label_encoder)
     check_trainable_data(
         n_classes=len(mixture_speakers(train_set)),
@@ -239,4 +252,10 @@ if __name__ == "__main__":
         valid_set,
         train_loader_kwargs={**hparams["train_dataloader_opts"], **loader},
         valid_loader_kwargs={**hparams["valid_dataloader_opts"], **loader},
+    )
+    logger.info(
+        "To use or publish this model: python pretrained_interfaces/export.py %s --out %s "
+        "[--push user/repo]",
+        hparams["output_folder"],
+        f"{hparams['output_folder']}/exported",
     )

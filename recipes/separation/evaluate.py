@@ -8,8 +8,9 @@ both estimates against both references, SIR-maximising permutation) and SDRi, PE
 at 8 kHz, wide-band at 16 kHz) and STOI. The unprocessed mixture is scored the same way.
 
 Speaker identity: each separated output is resampled to the speaker model's rate and its speaker
-predicted by cosine to enrolment centroids and by the classifier head, for the base model and the
-fine-tuned model; each output's reference label is the speaker of the reference source that the
+predicted by cosine to enrolment centroids and by the classifier head of the speaker model, which
+is loaded the way users load it (``foreign_class``) from ``--speaker_source``: a folder written by
+``pretrained_interfaces/export.py`` or its Hub id. Each output's reference label is the speaker of the reference source that the
 SI-SDR permutation assigned to it. The clean sources and the raw mixture give the upper and lower
 bounds.
 
@@ -19,8 +20,10 @@ To run::
         --manifest results/wavlm-lora-arcface/1986/prep/iden_test.csv \\
         --data_folder /data/voxceleb2 --save_folder /data/mix --n_train 0 --n_valid 0 \\
         --n_test 200 --train_speakers 50 --valid_speakers 0 --test_speakers 50
+    python pretrained_interfaces/export.py results/wavlm-lora-arcface/1986 --out exported/spk
     python recipes/separation/evaluate.py hparams/separation-eval.yaml --data_folder /data/mix \\
-        --speaker_model results/wavlm-lora-arcface/1986
+        --speaker_source exported/spk --enrol_csv results/wavlm-lora-arcface/1986/prep/iden_enrol.csv \\
+        --enrol_data_folder /data/voxceleb2
 
 Methods: SepFormer (Subakan et al., ICASSP 2021), SI-SDR (Le Roux et al., ICASSP 2019),
 BSS-eval (Vincent et al., 2006), PESQ (ITU-T P.862), STOI (Taal et al., 2011).
@@ -35,10 +38,10 @@ from speechbrain.utils.logger import get_logger
 
 from sepid.experiment import start_experiment
 from sepid.manifest import write_atomic
-from sepid.separation import load_separator
+from sepid.separation import interface_identifier, load_separator
 from sepid.separation_data import enrolment_signals, log_rates, mixture_dataset
-from sepid.separation_eval import SeparationEvalBrain, speaker_identifiers
-from sepid.speaker_model import load_speaker_experiment
+from sepid.separation_eval import SeparationEvalBrain
+from sepid.speaker_source import load_speaker_interface
 from sepid.tables import separation_results_table
 
 logger = get_logger(__name__)
@@ -50,13 +53,16 @@ if __name__ == "__main__":
     separator = load_separator(hparams["separator_source"], hparams["separator_savedir"], device)
     separator_rate = int(separator.hparams.sample_rate)
 
-    identifiers, speaker_rate, known_speakers = {}, None, {}
-    if hparams["speaker_model"] is not None:
-        model = load_speaker_experiment(hparams["speaker_model"], device=device)
-        speaker_rate = model.sample_rate
-        identifiers, known_speakers = speaker_identifiers(model, enrolment_signals(hparams, model))
+    identifiers, speaker_rate = {}, None
+    if hparams["speaker_source"] is not None:
+        model = load_speaker_interface(
+            hparams["speaker_source"], hparams["speaker_savedir"], device=device
+        )
+        speaker_rate = int(model.hparams.sample_rate)
+        enrol = enrolment_signals(hparams, speaker_rate)
+        identifiers = {hparams["speaker_tag"]: interface_identifier(model, enrol)}
     else:
-        logger.warning("No --speaker_model: separation metrics only, no speaker identification.")
+        logger.warning("No --speaker_source: separation metrics only, no speaker identification.")
 
     dataset, corpus_rate = mixture_dataset(
         hparams["test_csv"], hparams["data_folder"], separator_rate, speaker_rate
@@ -71,7 +77,6 @@ if __name__ == "__main__":
         hparams["eval_folder"],
         identifiers,
         speaker_rate,
-        known_speakers,
     )
     brain.evaluate(dataset, test_loader_kwargs=hparams["eval_dataloader_opts"])
 
@@ -81,7 +86,7 @@ if __name__ == "__main__":
             "command": command,
             "hparams_file": hparams_file,
             "separator": str(hparams["separator_source"]),
-            "speaker_model": hparams["speaker_model"],
+            "speaker_source": hparams["speaker_source"],
             **brain.report,
         }
         out = Path(hparams["eval_folder"])

@@ -1,6 +1,7 @@
 """The joint recipe: a tiny SepFormer (saved in sepformer-whamr's layout, loaded by the
-Pretrainer) + a tiny speaker model trained by the real speaker recipe, trained together by the
-real recipes/joint/train.py on dynamic mixtures of the LibriSpeech sample."""
+Pretrainer) + a tiny speaker model trained by the real speaker recipe and exported
+(pretrained_interfaces/export.py, loaded by the same Pretrainer), trained together by the real
+recipes/joint/train.py on dynamic mixtures of the LibriSpeech sample."""
 
 import importlib.util
 import json
@@ -16,6 +17,7 @@ from hyperpyyaml import load_hyperpyyaml
 
 from data_prep.make_mixtures import make_mixtures
 from sepid.mixtures import mixture_collate
+from sepid.speaker_source import prepare_speaker_branch
 from tests.helpers import CORPUS, held_out_test_mixtures, run_script
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,8 +30,29 @@ def train_losses(log_file):
 
 
 @pytest.fixture
+def options(speaker_experiment, exported_speaker):
+    return speaker_options(speaker_experiment, exported_speaker)
+
+
+@pytest.fixture
 def speaker_model(speaker_experiment):
+    """The speaker training run (its manifests: mixtures and enrolment)."""
     return speaker_experiment
+
+
+def speaker_options(speaker_experiment, exported_speaker):
+    """The joint recipe's speaker options: the exported model, the run's manifests."""
+    prep = Path(speaker_experiment) / "prep"
+    return {
+        "speaker_source": str(exported_speaker),
+        "speaker_manifest": str(prep / "train.csv"),
+        "enrol_csv": str(prep / "iden_enrol.csv"),
+        "enrol_data_folder": str(CORPUS),
+    }
+
+
+def cli(options):
+    return [f"--{k}={v}" for k, v in options.items()]
 
 
 def load_recipe():
@@ -39,15 +62,13 @@ def load_recipe():
     return module
 
 
-def joint_brain(speaker_model, output_folder, **overrides):
+def joint_brain(options, output_folder, **overrides):
     recipe = load_recipe()
     with open(YAML) as f:
-        hparams = load_hyperpyyaml(
-            f,
-            {"output_folder": str(output_folder), "speaker_model": str(speaker_model), **overrides},
-        )
+        hparams = load_hyperpyyaml(f, {"output_folder": str(output_folder), **options, **overrides})
     hparams["pretrainer"].collect_files()
     hparams["pretrainer"].load_collected()
+    prepare_speaker_branch(hparams)
     train_set, _ = recipe.mixture_datasets(hparams)
     brain = recipe.JointBrain(
         modules=hparams["modules"],
@@ -59,8 +80,8 @@ def joint_brain(speaker_model, output_folder, **overrides):
     return brain, batch
 
 
-def test_speaker_loss_alone_reaches_the_separator(speaker_model, tmp_path):
-    brain, batch = joint_brain(speaker_model, tmp_path, si_snr_loss_weight=0.0, speed_perturb=False)
+def test_speaker_loss_alone_reaches_the_separator(options, tmp_path):
+    brain, batch = joint_brain(options, tmp_path, si_snr_loss_weight=0.0, speed_perturb=False)
     brain.on_stage_start(sb.Stage.VALID)
     loss = brain.compute_objectives(
         brain.compute_forward(batch, sb.Stage.VALID), batch, sb.Stage.VALID
@@ -69,15 +90,16 @@ def test_speaker_loss_alone_reaches_the_separator(speaker_model, tmp_path):
     for name in SEPARATOR:
         grads = [p.grad for p in brain.modules[name].parameters() if p.requires_grad]
         assert grads and any(g is not None and g.abs().sum() > 0 for g in grads), name
-    # ... and, LoRA being real, into the speaker branch's adapters
-    lora = [p for n, p in brain.modules.speaker_encoder.named_parameters() if ".lora_B" in n]
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)
+    # ... and, LoRA being real, into the speaker branch's adapters: fresh ones (B = 0) on top of
+    # the exported model's merged weights, which stay frozen
+    encoder = brain.modules.speaker_encoder
+    lora = [p for n, p in encoder.named_parameters() if ".lora_B" in n]
+    assert lora and all(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)
+    assert all(p.grad is None for n, p in encoder.named_parameters() if ".original" in n)
 
 
-def test_si_snr_loss_alone_does_not_train_the_speaker_branch(speaker_model, tmp_path):
-    brain, batch = joint_brain(
-        speaker_model, tmp_path, speaker_loss_weight=0.0, speed_perturb=False
-    )
+def test_si_snr_loss_alone_does_not_train_the_speaker_branch(options, tmp_path):
+    brain, batch = joint_brain(options, tmp_path, speaker_loss_weight=0.0, speed_perturb=False)
     brain.on_stage_start(sb.Stage.VALID)
     loss = brain.compute_objectives(
         brain.compute_forward(batch, sb.Stage.VALID), batch, sb.Stage.VALID
@@ -114,12 +136,12 @@ def finite_checkpoint(folder):
                 assert torch.isfinite(t).all(), f"{name}.{key}"
 
 
-def test_interrupted_training_resumes_then_evaluate(speaker_model, tmp_path):
+def test_interrupted_training_resumes_then_evaluate(speaker_model, options, tmp_path):
     args = [
         "recipes/joint/train.py",
         str(YAML.relative_to(ROOT)),
         f"--output_folder={tmp_path}",
-        f"--speaker_model={speaker_model}",
+        *cli(options),
         "--number_of_epochs=2",
     ]
     crash("batch:2:2", args)  # kill -9 in the middle of epoch 2
@@ -153,14 +175,14 @@ def test_interrupted_training_resumes_then_evaluate(speaker_model, tmp_path):
     assert "| joint model |" in (tmp_path / "eval" / "results.md").read_text()
 
 
-def test_killed_while_checkpointing_resumes_from_the_last_complete(speaker_model, tmp_path):
+def test_killed_while_checkpointing_resumes_from_the_last_complete(options, tmp_path):
     """kill -9 while masknet.ckpt of the epoch-2 checkpoint is half written: the rerun sets the
     incomplete checkpoint aside and redoes epoch 2 from the epoch-1 checkpoint."""
     args = [
         "recipes/joint/train.py",
         str(YAML.relative_to(ROOT)),
         f"--output_folder={tmp_path}",
-        f"--speaker_model={speaker_model}",
+        *cli(options),
         "--number_of_epochs=2",
     ]
     crash("saving:masknet:2", args)
@@ -180,10 +202,10 @@ def test_killed_while_checkpointing_resumes_from_the_last_complete(speaker_model
     assert len(train_losses(tmp_path / "train_log.txt")) == 3
 
 
-def test_non_finite_steps_are_skipped(speaker_model, tmp_path):
+def test_non_finite_steps_are_skipped(options, tmp_path):
     """--loss_lower_lim=1000 drops every example: the loss is NaN. The step is skipped and
     counted and the weights do not change (SpeechBrain alone would step on NaN gradients)."""
-    brain, batch = joint_brain(speaker_model, tmp_path, loss_lower_lim=1000.0)
+    brain, batch = joint_brain(options, tmp_path, loss_lower_lim=1000.0)
     brain.train_set = None
     brain.on_fit_start()
     brain.on_stage_start(sb.Stage.TRAIN, 1)
@@ -201,8 +223,8 @@ def test_non_finite_steps_are_skipped(speaker_model, tmp_path):
     assert any(k.startswith("masknet.") for k in changed)
 
 
-def test_learning_rate_halves_after_a_plateau(speaker_model, tmp_path):
-    brain, _ = joint_brain(speaker_model, tmp_path)
+def test_learning_rate_halves_after_a_plateau(options, tmp_path):
+    brain, _ = joint_brain(options, tmp_path)
     brain.on_fit_start()
     lr0 = brain.optimizer.param_groups[0]["lr"]
     brain.train_stats = {"loss": 1.0}
@@ -218,7 +240,7 @@ def test_learning_rate_halves_after_a_plateau(speaker_model, tmp_path):
     assert "next_lr: " in (tmp_path / "train_log.txt").read_text()
 
 
-def test_training_on_written_mixtures_in_bf16(speaker_model, tmp_path):
+def test_training_on_written_mixtures_in_bf16(speaker_model, options, tmp_path):
     mixtures = tmp_path / "mix"
     make_mixtures(
         Path(speaker_model) / "prep" / "train.csv",
@@ -233,7 +255,7 @@ def test_training_on_written_mixtures_in_bf16(speaker_model, tmp_path):
             "recipes/joint/train.py",
             str(YAML.relative_to(ROOT)),
             f"--output_folder={tmp_path / 'out'}",
-            f"--speaker_model={speaker_model}",
+            f"--speaker_source={options['speaker_source']}",
             f"--train_mixture_folder={mixtures}",
             "--number_of_epochs=1",
             "--precision=bf16",  # SpeechBrain's mixed precision (bf16 autocast on CPU)
@@ -245,11 +267,11 @@ def test_training_on_written_mixtures_in_bf16(speaker_model, tmp_path):
 
 
 def test_speaker_branch_from_the_base_model(speaker_model, tmp_path):
-    """No speaker experiment: a fresh branch from the base WavLM, classes from the manifest."""
+    """No speaker source: a fresh branch from the base WavLM, classes from the manifest."""
     args = [
         str(YAML.relative_to(ROOT)),
         f"--output_folder={tmp_path / 'out'}",
-        "--speaker_model=null",
+        "--speaker_source=null",
         f"--speaker_manifest={Path(speaker_model) / 'prep' / 'train.csv'}",
         "--number_of_epochs=1",
     ]
