@@ -30,16 +30,34 @@ HOLD_LOCK = (
 )
 
 
-def test_a_second_run_into_the_same_output_folder_is_refused(tmp_path):
+def lock_holder(folder):
+    """Another process holding the lock on ``folder``, from the moment this returns (it says
+    so on its stdout: no timing) until its stdin is closed or it is killed."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(tmp_path)],
+        [sys.executable, "-c", HOLD_LOCK, str(folder)],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def can_lock(folder):
+    check = subprocess.run(
+        [sys.executable, "-c", HOLD_LOCK, str(folder)],
+        cwd=ROOT,
+        input="",
+        capture_output=True,
+        text=True,
+    )
+    return check.stdout.strip() == "locked"
+
+
+def test_a_second_run_into_the_same_output_folder_is_refused(tmp_path):
+    holder = lock_holder(tmp_path)
     try:
-        assert holder.stdout.readline().strip() == "locked"  # held from here on, no timing
         err = fails(TRAIN, YAML, f"--output_folder={tmp_path}")
         assert f"is in use by a running job (pid {holder.pid} on" in err
         assert "--output_folder=<another folder>" in err
@@ -49,36 +67,15 @@ def test_a_second_run_into_the_same_output_folder_is_refused(tmp_path):
         holder.wait()
     # The holder is gone (its lock with it, whatever the lock file still says): a run may start.
     assert f"pid {holder.pid}" in (tmp_path / LOCK_NAME).read_text()
-    check = subprocess.run(
-        [sys.executable, "-c", HOLD_LOCK, str(tmp_path)],
-        cwd=ROOT,
-        input="",
-        capture_output=True,
-        text=True,
-    )
-    assert check.stdout.strip() == "locked"
+    assert can_lock(tmp_path)
 
 
 def test_a_lock_of_a_killed_process_does_not_block(tmp_path):
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(tmp_path)],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout.readline().strip() == "locked"
+    holder = lock_holder(tmp_path)
     holder.kill()  # kill -9: no clean-up, the lock file stays
     holder.wait()
     assert (tmp_path / LOCK_NAME).is_file()
-    check = subprocess.run(
-        [sys.executable, "-c", HOLD_LOCK, str(tmp_path)],
-        cwd=ROOT,
-        input="",
-        capture_output=True,
-        text=True,
-    )
-    assert check.stdout.strip() == "locked", check.stderr
+    assert can_lock(tmp_path)
 
 
 @pytest.mark.parametrize("folder", ["/proc/sepid-cannot-write", "READONLY"])
@@ -119,15 +116,8 @@ def test_data_that_cannot_train_is_refused_before_training(tmp_path, override, m
 def test_make_mixtures_refuses_a_folder_in_use(tmp_path):
     """The same guard for the mixture writer: a second run would take the first one's
     temporary files for leftovers of a killed run and remove them."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(tmp_path)],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = lock_holder(tmp_path)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         err = fails(
             "data_prep/make_mixtures.py",
             "--manifest=tests/samples/none.csv",
@@ -138,3 +128,57 @@ def test_make_mixtures_refuses_a_folder_in_use(tmp_path):
     finally:
         holder.stdin.close()
         holder.wait()
+
+
+def test_speaker_recipe_skips_a_nan_batch_and_never_checkpoints_it(tmp_path):
+    """Issue 10 row 1 on the real SpeakerBrain: a batch with a NaN sample (a float wav with NaN
+    that got past prep) neither steps nor gets checkpointed; a finite batch then trains."""
+    import importlib.util
+
+    import speechbrain as sb
+    import torch
+    from hyperpyyaml import load_hyperpyyaml
+    from speechbrain.dataio.batch import PaddedBatch
+
+    spec = importlib.util.spec_from_file_location("speaker_train", ROOT / TRAIN)
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    with open(ROOT / YAML) as f:
+        hparams = load_hyperpyyaml(
+            f,
+            {"output_folder": str(tmp_path), "n_speakers": 2, "augment": False, "total_steps": 100},
+        )
+    brain = recipe.SpeakerBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts={"noprogressbar": True},
+        checkpointer=hparams["checkpointer"],
+    )
+    brain.on_fit_start()
+    brain.on_stage_start(sb.Stage.TRAIN, 1)
+    torch.manual_seed(0)
+    wavs = 0.1 * torch.randn(2, 16000)
+    bad = wavs.clone()
+    bad[1, 5000] = float("nan")
+
+    def batch(signals):
+        return PaddedBatch(
+            [
+                {"id": str(i), "sig": s, "spk_id_encoded": torch.LongTensor([i])}
+                for i, s in enumerate(signals)
+            ]
+        )
+
+    before = {k: v.clone() for k, v in brain.modules.state_dict().items()}
+    assert not torch.isfinite(brain.fit_batch(batch(bad)))
+    assert brain.nonfinite_skipped == 1
+    assert all(torch.equal(v, before[k]) for k, v in brain.modules.state_dict().items())
+    brain.fit_batch(batch(wavs))
+    assert brain.optimizer_step == 1
+    assert all(torch.isfinite(v).all() for v in brain.modules.state_dict().values())
+    brain.on_stage_end(sb.Stage.TRAIN, 1.0, 1)
+    brain.on_stage_start(sb.Stage.VALID, 1)
+    brain.evaluate_batch(batch(bad), sb.Stage.VALID)
+    brain.on_stage_end(sb.Stage.VALID, 0.0, 1)  # SpeechBrain's average would read 0.00
+    assert not list((tmp_path / "save").glob("CKPT+*"))
