@@ -6,11 +6,13 @@ test, for unseen and for training speakers) that share utterances; :func:`unique
 every utterance by its resolved audio path so each is embedded once, whatever set it belongs to.
 """
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torchaudio
 from speechbrain.dataio.dataset import DynamicItemDataset
 
 from sepid.dataio import UTTERANCE_COLUMNS
@@ -138,9 +140,10 @@ def verification_report(vset, table, out_folder, tag, cohort=None, top_n=300, **
     return report, results
 
 
-def identification_report(iset, table, classifier=None, topk=(1, 5)):
+def identification_report(iset, table, classifier=None, topk=(1, 5), label_encoder=None):
     """Top-k accuracy by cosine to enrolment centroids, and by the classifier head for closed-set
-    speakers when one is given."""
+    speakers when one is given, with its own ``label_encoder`` (default the set's) when that
+    knows every test speaker."""
     enrol = table.embeddings[table.rows([r["wav"] for r in iset.enrol])]
     test = table.embeddings[table.rows([r["wav"] for r in iset.test])]
     report = identification_accuracy(
@@ -152,12 +155,116 @@ def identification_report(iset, table, classifier=None, topk=(1, 5)):
     )
     report.pop("predictions", None)
     report = {"embedding": report}
-    if classifier is not None and iset.closed_set:
-        with torch.no_grad():
-            logits = classifier(test.unsqueeze(1).to(next(classifier.parameters()).device))
-        targets = torch.tensor([iset.label_encoder.encode_label(r["spk_id"]) for r in iset.test])
-        report["classifier"] = classifier_accuracy(logits.squeeze(1).cpu(), targets, topk=topk)
+    label_encoder = label_encoder or iset.label_encoder
+    if classifier is None or not iset.closed_set or label_encoder is None:
+        return report
+    unknown = {r["spk_id"] for r in iset.test} - set(label_encoder.lab2ind)
+    if unknown:
+        logger.info(
+            "%s: no classifier accuracy, the model's classes lack %d test speaker(s) (e.g. %s)",
+            iset.name,
+            len(unknown),
+            sorted(unknown)[:3],
+        )
+        return report
+    with torch.no_grad():
+        logits = classifier(test.unsqueeze(1).to(next(classifier.parameters()).device))
+    targets = torch.tensor([label_encoder.encode_label(r["spk_id"]) for r in iset.test])
+    report["classifier"] = classifier_accuracy(logits.squeeze(1).cpu(), targets, topk=topk)
     return report
+
+
+# ------------------------------------------------------------- other speaker sources ---
+@dataclass
+class SpeakerModel:
+    """One model an evaluation scores: ``embed(wavs, wav_lens) -> [B, D]``, the cache key of its
+    embeddings, and optionally a classifier head with its label encoder (closed-set accuracy)."""
+
+    tag: str
+    embed: object
+    fingerprint: str
+    classifier: object = None
+    label_encoder: object = None
+
+
+def source_fingerprint(source):
+    """What identifies a model source for the embedding cache: a Hub id as such; a local folder
+    by its path and the size and modification time of every file in it (a re-export re-embeds)."""
+    folder = Path(str(source)).expanduser()
+    if not folder.is_dir():
+        return str(source)
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return f"{folder.resolve()}#{digest.hexdigest()[:16]}"
+
+
+def load_speaker_interface(source, savedir, device):
+    """An exported WavLM speaker model (``pretrained_interfaces/export.py`` output: a folder or a
+    Hub id) through its own ``custom_interface.py``, as its users load it."""
+    from speechbrain.inference.interfaces import foreign_class
+
+    return foreign_class(
+        source=str(source),
+        pymodule_file="custom_interface.py",
+        classname="WavLMSpeakerInterface",
+        savedir=str(savedir),
+        run_opts={"device": str(device)},
+    )
+
+
+def load_encoder_classifier(source, savedir, device):
+    """A stock SpeechBrain speaker model (``EncoderClassifier``, e.g.
+    ``speechbrain/spkrec-ecapa-voxceleb``) from a Hub id or a local copy. A local copy of a Hub
+    model names its weights ``<pretrained_path>/<file>`` with the Hub id as ``pretrained_path``;
+    for a folder that is set to the folder itself, so a copy loads offline."""
+    from speechbrain.inference.speaker import EncoderClassifier
+
+    from sepid.experiment import plain_values
+
+    folder = Path(str(source)).expanduser()
+    overrides = {}
+    if folder.is_dir():
+        yaml_file = folder / "hyperparams.yaml"
+        if not yaml_file.is_file():
+            raise FileNotFoundError(
+                f"{yaml_file} not found: baseline_source must be a SpeechBrain model folder "
+                "(hyperparams.yaml + weights, e.g. a copy of speechbrain/spkrec-ecapa-voxceleb) "
+                "or a Hub id."
+            )
+        if "pretrained_path" in plain_values(yaml_file):
+            overrides["pretrained_path"] = str(folder.resolve())
+    return EncoderClassifier.from_hparams(
+        source=str(source),
+        savedir=str(savedir),
+        overrides=overrides,
+        run_opts={"device": str(device)},
+    )
+
+
+def interface_embedder(interface, sample_rate):
+    """``embed(wavs, wav_lens) -> [B, D]`` through a pretrained interface's ``encode_batch``,
+    for audio read at ``sample_rate`` (resampled once here when the model runs at another rate:
+    its ``sample_rate`` hyperparameter, else its audio normaliser's)."""
+    model_rate = (
+        vars(interface.hparams).get("sample_rate") or interface.audio_normalizer.sample_rate
+    )
+    resample = None
+    if int(model_rate) != int(sample_rate):
+        logger.info("Resampling from %d Hz to the model's %d Hz", sample_rate, model_rate)
+        resample = torchaudio.transforms.Resample(int(sample_rate), int(model_rate))
+        resample = resample.to(interface.device)
+
+    def embed(wavs, wav_lens):
+        if resample is not None:
+            wavs = resample(wavs.to(interface.device))
+        with torch.no_grad():
+            embeddings = interface.encode_batch(wavs, wav_lens)
+        return embeddings.reshape(embeddings.shape[0], -1)
+
+    return embed
 
 
 def write_trial_scores(path, vset, scores_by_model):

@@ -151,3 +151,86 @@ def save_tiny_sepformer(folder, sample_rate=8000, seed=0, **sizes):
         (tmp / "hyperparams.yaml").write_text(text)
 
     return _build_once(folder, write, "hyperparams.yaml")
+
+
+# The structure of speechbrain/spkrec-ecapa-voxceleb's hyperparams.yaml (80 log-mel filterbanks,
+# sentence mean normalisation, ECAPA-TDNN, cosine classifier, a Pretrainer reading
+# embedding_model.ckpt, mean_var_norm_emb.ckpt, classifier.ckpt and label_encoder.txt from
+# pretrained_path), with tiny sizes. That model's pretrained_path is its Hub id; here it is the
+# folder the files are in, so it loads offline.
+TINY_ECAPA_YAML = """\
+n_mels: 80
+pretrained_path: {folder}
+out_n_neurons: {n_classes}
+
+compute_features: !new:speechbrain.lobes.features.Fbank
+    n_mels: !ref <n_mels>
+
+mean_var_norm: !new:speechbrain.processing.features.InputNormalization
+    norm_type: sentence
+    std_norm: False
+
+embedding_model: !new:speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN
+    input_size: !ref <n_mels>
+    channels: {channels}
+    kernel_sizes: [5, 3, 3, 3, 1]
+    dilations: [1, 2, 3, 4, 1]
+    attention_channels: {attention_channels}
+    lin_neurons: {lin_neurons}
+
+classifier: !new:speechbrain.lobes.models.ECAPA_TDNN.Classifier
+    input_size: {lin_neurons}
+    out_neurons: !ref <out_n_neurons>
+
+mean_var_norm_emb: !new:speechbrain.processing.features.InputNormalization
+    norm_type: global
+    std_norm: False
+
+modules:
+    compute_features: !ref <compute_features>
+    mean_var_norm: !ref <mean_var_norm>
+    embedding_model: !ref <embedding_model>
+    mean_var_norm_emb: !ref <mean_var_norm_emb>
+    classifier: !ref <classifier>
+
+label_encoder: !new:speechbrain.dataio.encoder.CategoricalEncoder
+
+pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
+    loadables:
+        embedding_model: !ref <embedding_model>
+        mean_var_norm_emb: !ref <mean_var_norm_emb>
+        classifier: !ref <classifier>
+        label_encoder: !ref <label_encoder>
+    paths:
+        embedding_model: !ref <pretrained_path>/embedding_model.ckpt
+        mean_var_norm_emb: !ref <pretrained_path>/mean_var_norm_emb.ckpt
+        classifier: !ref <pretrained_path>/classifier.ckpt
+        label_encoder: !ref <pretrained_path>/label_encoder.txt
+"""
+
+TINY_ECAPA = dict(channels=[16, 16, 16, 16, 48], attention_channels=8, lin_neurons=16, n_classes=4)
+
+
+def save_tiny_ecapa(folder, seed=0, **sizes):
+    """Writes a random ECAPA-TDNN in the layout of ``speechbrain/spkrec-ecapa-voxceleb``
+    (``hyperparams.yaml`` + ``embedding_model.ckpt``, ``mean_var_norm_emb.ckpt``,
+    ``classifier.ckpt``, ``label_encoder.txt``) to ``folder`` unless it is there;
+    ``EncoderClassifier.from_hparams(source=folder)`` loads it. A stand-in for the stock model in
+    tests of the evaluation's baseline (the real one is a download)."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    folder = Path(folder).resolve()
+    text = TINY_ECAPA_YAML.format(folder=folder, **{**TINY_ECAPA, **sizes})
+
+    def write(tmp):
+        torch.manual_seed(seed)
+        hparams = load_hyperpyyaml(text)
+        for name in ("embedding_model", "classifier"):
+            torch.save(hparams[name].state_dict(), tmp / f"{name}.ckpt")
+        hparams["mean_var_norm_emb"]._save(tmp / "mean_var_norm_emb.ckpt")  # its own format
+        encoder = hparams["label_encoder"]
+        encoder.update_from_iterable([f"spk{i}" for i in range(hparams["out_n_neurons"])])
+        encoder.save(tmp / "label_encoder.txt")
+        (tmp / "hyperparams.yaml").write_text(text)
+
+    return _build_once(folder, write, "hyperparams.yaml")

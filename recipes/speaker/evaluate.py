@@ -1,5 +1,8 @@
 #!/usr/bin/env python3
-"""Evaluates the pretrained base model and the fine-tuned speaker model side by side.
+"""Evaluates speaker models side by side on the same trials and sets: the pretrained base model,
+the trained model (this run's best checkpoint, or an exported folder / Hub id given as
+``speaker_source``) and, with ``baseline_source``, a stock SpeechBrain ``EncoderClassifier`` such
+as ``speechbrain/spkrec-ecapa-voxceleb``.
 
 Verification (e.g. VoxCeleb1-O): EER, minDCF (NIST-normalised) at p_target 0.01 and 0.05, TAR at
 FAR 1% and 0.1%, verification accuracy at the EER threshold, with cosine scoring and, given a
@@ -17,7 +20,20 @@ To run::
         --verification_file /data/voxceleb1/veri_test2.txt
 
 Add ``--pretrained_only=True`` to evaluate only the base model (mean-pooled WavLM hidden states,
-no LoRA, no head), the baseline of the reference system.
+no LoRA, no head), the baseline of the reference system. Other sources (each loaded as its users
+load it, through ``from_hparams`` / ``foreign_class``)::
+
+    # an exported model (pretrained_interfaces/export.py) or its Hub repo instead of the checkpoint
+    python recipes/speaker/evaluate.py hparams/wavlm-lora-arcface.yaml ... \
+        --speaker_source exported/spk
+    # and ECAPA-TDNN as a baseline in the same tables
+    python recipes/speaker/evaluate.py hparams/wavlm-lora-arcface.yaml ... \
+        --baseline_source speechbrain/spkrec-ecapa-voxceleb
+
+The models are tagged ``pretrained``, ``finetuned`` (this run's checkpoint), ``exported``
+(``speaker_source``) and ``baseline`` in ``metrics.json``, the score CSVs and the tables. A set
+that cannot be scored (e.g. no identification test utterance when every speaker has one
+utterance) is skipped with a log line.
 """
 
 import json
@@ -26,7 +42,11 @@ from pathlib import Path
 
 import speechbrain as sb
 import torch
-from speechbrain.utils.distributed import if_main_process, run_on_main
+from speechbrain.utils.distributed import (
+    if_main_process,
+    is_distributed_initialized,
+    run_on_main,
+)
 from speechbrain.utils.logger import get_logger
 
 from sepid.dataio import full_pipeline, load_label_encoder
@@ -37,10 +57,15 @@ from sepid.models.speaker import embed_in_chunks, set_classifier_outputs
 from sepid.scoring import EmbeddingTable
 from sepid.speaker_eval import (
     IdentificationSet,
+    SpeakerModel,
     VerificationSet,
     drop_empty_sets,
     identification_report,
+    interface_embedder,
+    load_encoder_classifier,
+    load_speaker_interface,
     resolve_rows,
+    source_fingerprint,
     unique_utterances,
     verification_report,
     write_trial_scores,
@@ -51,15 +76,24 @@ logger = get_logger(__name__)
 
 
 class EmbeddingBrain(sb.Brain):
-    """Embeds utterances; ``on_stage_end(TEST)`` turns them into an ``EmbeddingTable``."""
+    """Embeds utterances with the model being evaluated (``self.embed_fn``, set by :meth:`embed`);
+    ``on_stage_end(TEST)`` turns them into an ``EmbeddingTable``."""
 
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
+        return self.embed_fn(wavs, wav_lens)
+
+    def encoder_embedder(self, pretrained_only):
+        """``embed(wavs, wav_lens)`` of this run's encoder (long utterances in chunks)."""
         chunk = int(self.hparams.eval_chunk_seconds * self.hparams.sample_rate)
-        return embed_in_chunks(
-            self.modules.encoder, wavs, wav_lens, chunk, pretrained_only=self.pretrained_only
-        )
+
+        def embed(wavs, wav_lens):
+            return embed_in_chunks(
+                self.modules.encoder, wavs, wav_lens, chunk, pretrained_only=pretrained_only
+            )
+
+        return embed
 
     def compute_objectives(self, predictions, batch, stage):
         self.keys.extend(batch.id)
@@ -81,10 +115,10 @@ class EmbeddingBrain(sb.Brain):
             embs.extend(e)
         self.table = EmbeddingTable(keys, torch.cat(embs)) if keys else None
 
-    def embed(self, dataset, cache_path, fingerprint, pretrained_only):
-        """Embeddings of every utterance in ``dataset``, reusing the on-disk cache when it was
-        written by the same model (``fingerprint``)."""
-        self.pretrained_only = pretrained_only
+    def embed(self, dataset, cache_path, fingerprint, embed_fn):
+        """Embeddings of every utterance in ``dataset`` by ``embed_fn(wavs, wav_lens)``, reusing
+        the on-disk cache when it was written by the same model (``fingerprint``)."""
+        self.embed_fn = embed_fn
         cached = None
         if cache_path.is_file():
             saved = torch.load(cache_path, weights_only=True)
@@ -138,7 +172,7 @@ def evaluation_sets(hparams, label_encoder):
             "train_speakers",
             hparams["prep_folder"],
             hparams["data_folder"],
-            closed_set=label_encoder is not None,
+            closed_set=True,  # a classifier trained on these speakers is scored on them too
             label_encoder=label_encoder,
         )
     )
@@ -180,34 +214,87 @@ if __name__ == "__main__":
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
-    models = {"pretrained": True}
-    if not hparams["pretrained_only"]:
+    # Everything the embeddings depend on besides the weights: a change re-embeds.
+    settings = "sr={sample_rate} chunk={eval_chunk_seconds} norm={normalize_waveform}".format(
+        **hparams
+    )
+    savedir = Path(hparams["pretrained_savedir"])
+
+    # Each model is loaded when its turn comes, in this order: the base model's embeddings are
+    # taken before the checkpoint (which may hold a fine-tuned backbone) replaces its weights.
+    def base_model():
+        return SpeakerModel(
+            "pretrained",
+            brain.encoder_embedder(pretrained_only=True),
+            f"pretrained:{hparams['wavlm_source']} {settings}",
+        )
+
+    def run_checkpoint():
+        ckpt = hparams["checkpointer"].recover_if_possible(min_key="error_rate")
+        return SpeakerModel(
+            "finetuned",
+            brain.encoder_embedder(pretrained_only=False),
+            f"finetuned:{ckpt.path.resolve()} {settings}",
+            classifier=brain.modules.classifier,
+            label_encoder=label_encoder,
+        )
+
+    def exported_model():
+        source = hparams["speaker_source"]
+        where = {"source": source, "savedir": savedir / "speaker_source", "device": brain.device}
+        if is_distributed_initialized():  # files fetched by one process, then loaded by all
+            run_on_main(load_speaker_interface, kwargs=where)
+        interface = load_speaker_interface(**where)
+        logger.info("Evaluating the exported speaker model %s", source)
+        return SpeakerModel(
+            "exported",
+            interface_embedder(interface, hparams["sample_rate"]),
+            f"exported:{source_fingerprint(source)} sr={hparams['sample_rate']}",
+            classifier=interface.mods.classifier,
+            label_encoder=interface.hparams.label_encoder,
+        )
+
+    def baseline_model():
+        source = hparams["baseline_source"]
+        where = {"source": source, "savedir": savedir / "baseline", "device": brain.device}
+        if is_distributed_initialized():  # files fetched by one process, then loaded by all
+            run_on_main(load_encoder_classifier, kwargs=where)
+        interface = load_encoder_classifier(**where)
+        logger.info("Evaluating the baseline %s (%s)", source, type(interface).__name__)
+        return SpeakerModel(
+            "baseline",
+            interface_embedder(interface, hparams["sample_rate"]),
+            f"baseline:{source_fingerprint(source)} sr={hparams['sample_rate']}",
+        )
+
+    models = [base_model]
+    if hparams["pretrained_only"]:
+        pass
+    elif hparams["speaker_source"] is not None:
+        models.append(exported_model)
+    else:
         if (
             label_encoder is None
             or hparams["checkpointer"].find_checkpoint(min_key="error_rate") is None
         ):
             raise FileNotFoundError(
                 f"No checkpoint in {hparams['save_folder']}: train first with "
-                f"recipes/speaker/train.py {hparams_file} (same overrides), or pass "
-                "--pretrained_only=True to evaluate the base model alone."
+                f"recipes/speaker/train.py {hparams_file} (same overrides), pass "
+                "--speaker_source=<exported folder or Hub id>, or --pretrained_only=True to "
+                "evaluate the base model alone."
             )
         set_classifier_outputs(hparams["classifier"], len(label_encoder))
-        models["finetuned"] = False
+        models.append(run_checkpoint)
+    if hparams["baseline_source"] is not None:
+        models.append(baseline_model)
 
     out = Path(hparams["eval_folder"])
     report, trial_scores = {}, {v.name: {} for v in vsets}
-    # Everything the embeddings depend on besides the weights: a change re-embeds.
-    settings = "sr={sample_rate} chunk={eval_chunk_seconds} norm={normalize_waveform}".format(
-        **hparams
-    )
-    for tag, pretrained_only in models.items():
-        if pretrained_only:
-            fingerprint = f"pretrained:{hparams['wavlm_source']} {settings}"
-        else:
-            ckpt = hparams["checkpointer"].recover_if_possible(min_key="error_rate")
-            fingerprint = f"finetuned:{ckpt.path.resolve()} {settings}"
+    for load_model in models:
+        model = load_model()
+        tag = model.tag
         brain.modules.eval()
-        table = brain.embed(dataset, out / f"embeddings_{tag}.pt", fingerprint, pretrained_only)
+        table = brain.embed(dataset, out / f"embeddings_{tag}.pt", model.fingerprint, model.embed)
         if not if_main_process():
             continue
         cohort = (
@@ -228,9 +315,12 @@ if __name__ == "__main__":
             model_report[vset.name] = metrics
             trial_scores[vset.name].update({f"{tag}_{k}": v for k, v in scores.items()})
         for iset in isets:
-            classifier = None if pretrained_only else brain.modules.classifier
             model_report[f"identification_{iset.name}"] = identification_report(
-                iset, table, classifier=classifier, topk=hparams["topk"]
+                iset,
+                table,
+                classifier=model.classifier,
+                topk=hparams["topk"],
+                label_encoder=model.label_encoder,
             )
         report[tag] = model_report
 

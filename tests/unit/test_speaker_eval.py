@@ -100,3 +100,31 @@ def test_empty_sets_are_skipped_with_a_log_line(prep, tmp_path, caplog):
         assert drop_empty_sets([empty, full]) == [full]
     assert "Skipping the 'train_speakers' evaluation set: no test utterance" in caplog.text
     assert "'v2' evaluation set: only non-target trials" in caplog.text
+
+
+def test_encoder_classifier_baseline_from_a_local_copy(tmp_path):
+    """The tiny ECAPA in speechbrain/spkrec-ecapa-voxceleb's layout loads as a stock
+    EncoderClassifier and embeds through encode_batch, at any data sample rate."""
+    import torchaudio
+    from speechbrain.inference.speaker import EncoderClassifier
+
+    from sepid.speaker_eval import interface_embedder, load_encoder_classifier, source_fingerprint
+    from sepid.tiny import save_tiny_ecapa
+
+    folder = save_tiny_ecapa(tmp_path / "ecapa")
+    model = load_encoder_classifier(folder, tmp_path / "savedir", "cpu")
+    assert isinstance(model, EncoderClassifier)
+    torch.manual_seed(0)
+    wavs, lens = torch.randn(2, 16000), torch.tensor([1.0, 0.6])
+    emb = interface_embedder(model, 16000)(wavs, lens)
+    assert emb.shape == (2, 16)
+    torch.testing.assert_close(emb, model.encode_batch(wavs, lens).squeeze(1))
+    slow = interface_embedder(model, 8000)(wavs[:, ::2], lens)  # resampled to the model's rate
+    expected = model.encode_batch(torchaudio.transforms.Resample(8000, 16000)(wavs[:, ::2]), lens)
+    torch.testing.assert_close(slow, expected.squeeze(1))
+    assert source_fingerprint(folder) != source_fingerprint(tmp_path / "savedir")
+    assert source_fingerprint("speechbrain/spkrec-ecapa-voxceleb") == (
+        "speechbrain/spkrec-ecapa-voxceleb"
+    )
+    with pytest.raises(FileNotFoundError, match="hyperparams.yaml"):
+        load_encoder_classifier(tmp_path, tmp_path / "s2", "cpu")
