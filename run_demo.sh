@@ -11,6 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 python recipes/speaker/train.py hparams/demo/wavlm-lora-arcface.yaml
 python recipes/speaker/evaluate.py hparams/demo/wavlm-lora-arcface.yaml
+# the trained speaker model leaves its experiment one way: an exported (Hub-ready) folder
+python pretrained_interfaces/export.py results/demo-wavlm-lora-arcface/1986 \
+    --out results/demo-wavlm-lora-arcface/exported --overwrite
 python data_prep/make_mixtures.py \
     --manifest results/demo-wavlm-lora-arcface/1986/prep/iden_test.csv \
     --data_folder tests/samples/librispeech-mini/test-other \
@@ -20,6 +23,8 @@ python recipes/separation/evaluate.py hparams/demo/separation-eval.yaml
 # 3. the headline recipe: joint separation + speaker ID training, then the comparison
 python recipes/joint/train.py hparams/demo/sepformer-wavlm-speaker.yaml
 python recipes/joint/evaluate.py hparams/demo/sepformer-wavlm-speaker.yaml
+python pretrained_interfaces/export.py results/demo-sepformer-wavlm-speaker/1986 \
+    --out results/demo-sepformer-wavlm-speaker/exported --overwrite
 echo "Results: results/demo-wavlm-lora-arcface/1986/eval/results.md"
 echo "         results/demo-separation-eval/1986/eval/results.md"
 echo "         results/demo-sepformer-wavlm-speaker/1986/eval/results.md"

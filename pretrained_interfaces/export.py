@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Exports a trained speaker model as a Hub-ready SpeechBrain folder, and publishes it.
+"""Exports a trained speaker model (or joint separation + speaker model) as a Hub-ready
+SpeechBrain folder, and publishes it.
 
 From the output folder of ``recipes/speaker/train.py`` (its ``hyperparams.yaml``, the best
 checkpoint in ``save/`` by ``error_rate`` and ``save/label_encoder.txt``, plus
@@ -13,6 +14,13 @@ checkpoint in ``save/`` by ``error_rate`` and ``save/label_encoder.txt``, plus
     classifier.ckpt      the ArcFace head (identification of the training speakers)
     label_encoder.ckpt   the training speakers
     README.md            model card (Hub metadata, metrics, training, usage, limitations)
+
+From the output folder of ``recipes/joint/train.py`` (recognised by its YAML) it writes the joint
+model instead (:func:`export_joint`): ``encoder.ckpt``, ``masknet.ckpt``, ``decoder.ckpt`` (the
+SepFormer), ``embedder.ckpt`` (the speaker branch, LoRA merged), ``classifier.ckpt``,
+``label_encoder.ckpt``, ``hyperparams.yaml`` (pretrained_interfaces/sepformer_speaker/),
+``custom_interface.py`` (``SepformerSpeakerInterface``, the speaker interface's code inlined) and
+the model card.
 
 The folder is written next to ``--out`` under a temporary name, loaded back and checked against
 the checkpoint, then renamed: an interrupted export leaves nothing half-written.
@@ -68,12 +76,14 @@ def interface_module():
 
 
 # ------------------------------------------------------------------ training run ---
-def _check_run_folder(run_folder):
+def _check_output_folder(run_folder, recipe="recipes/speaker/train.py"):
+    """The run's resolved ``hyperparams.yaml`` (path and text); it must name ``run_folder`` as
+    seen from here, since its relative paths resolve from where the training ran."""
     run_folder = Path(run_folder)
     yaml_file = run_folder / "hyperparams.yaml"
     if not yaml_file.is_file():
         raise FileNotFoundError(
-            f"{yaml_file} not found: pass the output folder of recipes/speaker/train.py "
+            f"{yaml_file} not found: pass the output folder of {recipe} "
             "(e.g. results/wavlm-lora-arcface/1986)."
         )
     text = yaml_file.read_text(encoding="utf-8")
@@ -85,6 +95,19 @@ def _check_run_folder(run_folder):
             f"{run_folder} seen from {Path.cwd()}: run the export from the directory the "
             "training ran in."
         )
+    return run_folder, yaml_file, text
+
+
+def is_joint_run(run_folder):
+    """True for an output folder of recipes/joint/train.py (its YAML declares a masknet)."""
+    yaml_file = Path(run_folder) / "hyperparams.yaml"
+    return yaml_file.is_file() and bool(
+        re.search(r"^masknet:", yaml_file.read_text(encoding="utf-8"), flags=re.M)
+    )
+
+
+def _check_run_folder(run_folder):
+    run_folder, yaml_file, text = _check_output_folder(run_folder)
     label_file = run_folder / "save" / "label_encoder.txt"
     if not label_file.is_file():
         raise FileNotFoundError(f"{label_file} not found: train the speaker model first.")
@@ -160,20 +183,21 @@ def base_weights_file(source, cache_dir=None):
 
 
 # ---------------------------------------------------------------------- writing ---
-def _set_value(text, key, value):
+def _set_value(text, key, value, template=INTERFACE_DIR / "hyperparams.yaml"):
     """Replaces the value of the top-level ``key:`` line of the interface YAML template."""
     line = f"{key}: {json.dumps(value)}"
     new, n = re.subn(rf"^{key}:[^\n]*$", lambda _: line, text, count=1, flags=re.M)
     if n != 1:
-        raise ValueError(f"{INTERFACE_DIR / 'hyperparams.yaml'} has no top-level `{key}:` line.")
+        raise ValueError(f"{template} has no top-level `{key}:` line.")
     return new
 
 
-def interface_hparams(values):
-    """The interface YAML with ``values`` (key -> JSON-able value) filled in."""
-    text = (INTERFACE_DIR / "hyperparams.yaml").read_text(encoding="utf-8")
+def interface_hparams(values, folder=INTERFACE_DIR):
+    """The interface YAML of ``folder`` with ``values`` (key -> JSON-able value) filled in."""
+    template = folder / "hyperparams.yaml"
+    text = template.read_text(encoding="utf-8")
     for key, value in values.items():
-        text = _set_value(text, key, value)
+        text = _set_value(text, key, value, template)
     return text
 
 
@@ -182,6 +206,20 @@ def _wavlm_config(backbone):
     for key in ("transformers_version", "architectures", "torch_dtype", "dtype"):
         config.pop(key, None)
     return json.loads(json.dumps(config))  # tuples -> lists, only JSON types
+
+
+def speaker_values(encoder, classifier, hparams, chunk_seconds):
+    """The speaker branch's architecture values of the interface YAMLs."""
+    return {
+        "chunk_seconds": float(chunk_seconds),
+        "embedding_dim": encoder.projection.out_features,
+        "n_speakers": classifier.weight.shape[0],
+        "pooling": encoder.pooling,
+        "attention_channels": hparams.get("attention_channels", 128),
+        "layer_weighting": encoder.layer_weights is not None,
+        "normalize_waveform": bool(encoder.normalize_waveform),
+        "wavlm_config": _wavlm_config(encoder.backbone),
+    }
 
 
 def _tensors(state):
@@ -461,16 +499,9 @@ def export_speaker(
         reference = torch.nn.functional.normalize(encoder(probe), dim=-1)
 
     values = {
+        **speaker_values(encoder, classifier, hparams, hparams.get("eval_chunk_seconds", 8.0)),
         "sample_rate": sample_rate,
         "threshold": threshold,
-        "chunk_seconds": float(hparams.get("eval_chunk_seconds", 8.0)),
-        "embedding_dim": encoder.projection.out_features,
-        "n_speakers": n_speakers,
-        "pooling": encoder.pooling,
-        "attention_channels": hparams.get("attention_channels", 128),
-        "layer_weighting": encoder.layer_weights is not None,
-        "normalize_waveform": bool(encoder.normalize_waveform),
-        "wavlm_config": _wavlm_config(encoder.backbone),
         "lora": None,
         "base_weights": None,
     }
@@ -537,6 +568,251 @@ def export_speaker(
     return out
 
 
+# ------------------------------------------------------------------ joint model ---
+JOINT_DIR = Path(__file__).resolve().parent / "sepformer_speaker"
+JOINT_CLASS = "SepformerSpeakerInterface"
+SPEAKER_BLOCK = re.compile(r"^# >>> speaker interface.*?^# <<< speaker interface\n", re.M | re.S)
+SEPARATOR_FILES = {
+    "encoder": "separator_encoder",
+    "masknet": "masknet",
+    "decoder": "separator_decoder",
+}
+# |exported - checkpoint| allowed on the self-check's separated signals (same float32 modules)
+SEPARATION_ATOL = 1e-5
+
+
+def joint_interface_source():
+    """The joint ``custom_interface.py`` as exported: the speaker interface's code inlined where
+    the repository's file imports it, so the folder needs no other file of this project."""
+    text = (JOINT_DIR / INTERFACE_FILE).read_text(encoding="utf-8")
+    speaker = (INTERFACE_DIR / INTERFACE_FILE).read_text(encoding="utf-8")
+    text, n = SPEAKER_BLOCK.subn(lambda _: speaker + "\n", text)
+    if n != 1:
+        raise ValueError(f"{JOINT_DIR / INTERFACE_FILE} has no `# >>> speaker interface` block.")
+    return text
+
+
+def _import_file(path, name):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # from_hparams names its YAML's classes after this module
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_joint_run(run_folder, max_key="si_snri", collect_in=None):
+    """The joint run's modules from its ``hyperparams.yaml``, initialised as training initialised
+    them (the ``Pretrainer``: separator and speaker_source, collected in ``collect_in``) with the
+    best checkpoint (highest ``max_key``) loaded; returns ``(hparams, checkpoint)``."""
+    from hyperpyyaml import load_hyperpyyaml
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    from sepid.speaker_source import prepare_speaker_branch
+
+    run_folder, yaml_file, _ = _check_output_folder(run_folder, "recipes/joint/train.py")
+    with open(yaml_file, encoding="utf-8") as f:
+        hparams = load_hyperpyyaml(f, {"__set_seed": None})
+    pretrainer = hparams["pretrainer"]
+    if collect_in is not None:
+        pretrainer.set_collect_in(collect_in)  # not in the run's own folder
+    pretrainer.collect_files()
+    pretrainer.load_collected()
+    prepare_speaker_branch(hparams)
+    names = (*SEPARATOR_FILES.values(), "speaker_encoder", "classifier")
+    checkpointer = Checkpointer(
+        run_folder / "save", recoverables={name: hparams[name] for name in names}
+    )
+    checkpoint = checkpointer.recover_if_possible(max_key=max_key)
+    if checkpoint is None:
+        raise FileNotFoundError(f"No checkpoint in {run_folder / 'save'}: train the model first.")
+    logger.info("Exporting checkpoint %s", checkpoint.path)
+    for name in names:
+        hparams[name].eval()
+    return hparams, checkpoint
+
+
+def joint_model_card(hparams, run_folder, checkpoint, metrics, name, source):
+    """README.md of a joint model: Hub metadata and text."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    rate = hparams["sample_rate"]
+    eval_results = []
+    joint = (metrics or {}).get("systems", {}).get("joint model", {})
+    si_sdri = joint.get("separation", {}).get("si_sdri", {}).get("mean")
+    if si_sdri is not None:
+        eval_results.append(
+            EvalResult(
+                task_type="audio-to-audio",
+                task_name="Speech separation",
+                dataset_type="custom",
+                dataset_name=Path(str(hparams.get("mixture_folder"))).name,
+                metric_type="si-sdri",
+                metric_name=f"SI-SDRi (dB, {rate} Hz)",
+                metric_value=round(float(si_sdri), 4),
+            )
+        )
+    card_data = ModelCardData(
+        library_name="speechbrain",
+        license="apache-2.0",
+        tags=["speechbrain", "audio-source-separation", "sepformer", "speaker-identification"],
+        pipeline_tag="audio-to-audio",
+        model_name=name,
+        eval_results=eval_results or None,
+    )
+    source_yaml, overrides = _training_overrides(
+        (Path(run_folder) / "hyperparams.yaml").read_text(encoding="utf-8")
+    )
+    train_cmd = " ".join(
+        ["python recipes/joint/train.py", source_yaml or "<hparams.yaml>", *overrides]
+    )
+    n_speakers = hparams["classifier"].weight.shape[0]
+    lines = [
+        f"# {name}: SepFormer + WavLM speaker branch, trained jointly",
+        "",
+        f"Separates {hparams['num_spks']}-speaker mixtures (SepFormer at {rate} Hz) and names the "
+        f"speaker of each separated source (WavLM + LoRA + ArcFace at "
+        f"{hparams['speaker_sample_rate']} Hz, {n_speakers} training speakers, or your own "
+        "after `enrol`). The two were trained together: permutation-invariant SI-SNR plus the "
+        "speaker loss on each separated output. LoRA is merged into the WavLM weights: the "
+        "folder is self-contained and loads offline.",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from speechbrain.inference.interfaces import foreign_class",
+        "",
+        f'sep = foreign_class(source="{source}", pymodule_file="custom_interface.py",',
+        f'                    classname="{JOINT_CLASS}")',
+        'for s in sep.separate_file("mixture.wav", save_folder="out/"):',
+        "    print(s.path, s.speaker, s.score)       # s.signal, s.embedding",
+        'sep.enrol({"alice": ["alice1.wav"], "bob": ["bob1.wav"]})  # name outputs by your speakers',
+        "```",
+        "",
+        "## Results",
+        "",
+        f"SI-SDRi {si_sdri:.2f} dB at {rate} Hz, measured by `{metrics.get('command')}`."
+        if si_sdri is not None
+        else "Not evaluated (no eval/metrics.json in the training run).",
+        "",
+        "## Training",
+        "",
+        f"- Command: `{train_cmd}`.",
+        f"- Speaker branch initialised from `{hparams.get('speaker_source')}`; separator from "
+        f"`{hparams.get('separator_source')}`; best checkpoint by validation SI-SNRi "
+        f"({Path(checkpoint.path).name}).",
+        "",
+        "## Limitations",
+        "",
+        f"- {hparams['num_spks']} sources per mixture; other rates and channel counts are "
+        "converted on load.",
+        "- Without `enrol`, each source is named by the closest training speaker, whoever it is: "
+        "read `score` before trusting a name.",
+        "- Check the licences of the base models and the training data before redistributing.",
+        "",
+        "## References",
+        "",
+        "SepFormer (Subakan et al., ICASSP 2021); WavLM (Chen et al., IEEE JSTSP 2022); LoRA (Hu "
+        "et al., ICLR 2022); ArcFace (Deng et al., CVPR 2019); SpeechBrain (Ravanelli et al., 2021).",
+        "",
+    ]
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def export_joint(
+    run_folder, out, overwrite=False, repo_id=None, max_key="si_snri", check_seconds=1.0
+):
+    """Writes the Hub-ready folder of a joint training run (``recipes/joint/train.py``): the
+    SepFormer, the speaker branch with its LoRA merged, the label encoder,
+    ``SepformerSpeakerInterface``; returns its path. Loaded back and checked against the
+    checkpoint (separated signals and embeddings) before it appears at ``out``."""
+    from sepid.models.joint import separate_with_modules
+    from sepid.models.lora import merge_lora
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty: pass --overwrite to replace it.")
+    _check_output_folder(run_folder, "recipes/joint/train.py")
+    path = Path(run_folder) / "eval" / "metrics.json"
+    metrics = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    collect = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.collect-"))
+    done = False
+    try:
+        hparams, checkpoint = load_joint_run(run_folder, max_key=max_key, collect_in=collect)
+        encoder, classifier = hparams["speaker_encoder"], hparams["classifier"]
+        separator = [hparams[m] for m in SEPARATOR_FILES.values()]
+        rate, speaker_rate = hparams["sample_rate"], hparams["speaker_sample_rate"]
+        probe = 0.1 * torch.randn(
+            1, int(check_seconds * rate), generator=torch.Generator().manual_seed(0)
+        )
+        with torch.no_grad():
+            reference = separate_with_modules(*separator, probe, hparams["num_spks"])
+            outputs = reference.transpose(1, 2).reshape(-1, reference.shape[1])
+            outputs = hparams["resampler"](outputs)
+            reference_emb = torch.nn.functional.normalize(encoder(outputs), dim=-1)
+        values = {
+            **speaker_values(encoder, classifier, hparams, hparams["speaker_chunk_seconds"]),
+            "sample_rate": speaker_rate,
+            "threshold": None,
+            "separator_sample_rate": rate,
+            "num_spks": hparams["num_spks"],
+            **{
+                k: hparams[k]
+                for k in (
+                    "N_encoder_out",
+                    "kernel_size",
+                    "kernel_stride",
+                    "transformer_layers",
+                    "transformer_heads",
+                    "transformer_ffn",
+                    "dual_path_layers",
+                    "chunk_size",
+                )
+            },
+        }
+        merge_lora(encoder.backbone)  # built for this export alone
+        torch.save(_tensors(encoder.state_dict()), tmp / "embedder.ckpt")
+        torch.save(_tensors(classifier.state_dict()), tmp / "classifier.ckpt")
+        hparams["label_encoder"].save(tmp / "label_encoder.ckpt")
+        for file, name in SEPARATOR_FILES.items():
+            torch.save(_tensors(hparams[name].state_dict()), tmp / f"{file}.ckpt")
+        (tmp / "hyperparams.yaml").write_text(
+            interface_hparams(values, JOINT_DIR), encoding="utf-8"
+        )
+        (tmp / INTERFACE_FILE).write_text(joint_interface_source(), encoding="utf-8")
+        card = joint_model_card(
+            hparams, run_folder, checkpoint, metrics, out.name, repo_id or str(out)
+        )
+        card.save(tmp / "README.md")
+        # The exported file itself (speaker code inlined) must load and reproduce the checkpoint.
+        module = _import_file(tmp / INTERFACE_FILE, "sepid_export_joint_interface")
+        model = getattr(module, JOINT_CLASS).from_hparams(source=str(tmp))
+        got = model.separate_signals(probe)
+        diff = float((got - reference).abs().max())
+        emb = model.encode_batch(outputs)
+        emb_diff = float((emb - reference_emb).abs().max())
+        if diff > SEPARATION_ATOL or emb_diff > SELF_CHECK_ATOL:
+            raise RuntimeError(
+                f"The exported model differs from checkpoint {checkpoint.path} (separated signals "
+                f"by {diff:.2e}, embeddings by {emb_diff:.2e}); nothing was written to {out}."
+            )
+        logger.info(
+            "Exported model reproduces the checkpoint (max |diff| %.2e signals, %.2e embeddings)",
+            diff,
+            emb_diff,
+        )
+        tmp.chmod(0o755)
+        _replace_folder(tmp, out)
+        done = True
+    finally:
+        shutil.rmtree(collect, ignore_errors=True)
+        if not done:
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("Exported %s (joint model, merged) to %s", checkpoint.path, out)
+    return out
+
+
 # ---------------------------------------------------------------------- publish ---
 def _transport_error():
     """The base class of the HTTP client's network errors (huggingface_hub 2.x uses httpx2)."""
@@ -589,7 +865,9 @@ def push_folder(folder, repo_id, private=False, revision=None, token=None, endpo
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_folder", help="output folder of recipes/speaker/train.py")
+    parser.add_argument(
+        "run_folder", help="output folder of recipes/speaker/train.py or recipes/joint/train.py"
+    )
     parser.add_argument("--out", required=True, help="folder to write (must be new or empty)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument(
@@ -605,15 +883,25 @@ def main(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        out = export_speaker(
-            args.run_folder,
-            args.out,
-            adapters=args.adapters,
-            overwrite=args.overwrite,
-            threshold=args.threshold,
-            repo_id=args.push,
-            min_key=args.min_key,
-        )
+        if is_joint_run(args.run_folder):
+            if args.adapters or args.threshold is not None or args.min_key != "error_rate":
+                raise ValueError(
+                    "--adapters, --threshold and --min_key are for speaker models; a joint model "
+                    "exports merged, from its best checkpoint by validation SI-SNRi."
+                )
+            out = export_joint(
+                args.run_folder, args.out, overwrite=args.overwrite, repo_id=args.push
+            )
+        else:
+            out = export_speaker(
+                args.run_folder,
+                args.out,
+                adapters=args.adapters,
+                overwrite=args.overwrite,
+                threshold=args.threshold,
+                repo_id=args.push,
+                min_key=args.min_key,
+            )
         print(out)
         if args.push:
             print(push_folder(out, args.push, private=args.private, revision=args.revision))

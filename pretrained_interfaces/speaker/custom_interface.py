@@ -342,8 +342,9 @@ class WavLMSpeakerInterface(Pretrained):
             return super().from_hparams(source, hparams_file=hparams_file, **kwargs)
 
     # ------------------------------------------------------------------------ audio ---
-    def read_audio(self, path):
-        """Mono float32 ``[time]`` at the model's sample rate (channels averaged, resampled)."""
+    def read_audio(self, path, sample_rate=None):
+        """Mono float32 ``[time]`` at ``sample_rate`` (default: the model's; channels averaged,
+        resampled)."""
         path = str(path)
         if not Path(path).is_file():
             raise FileNotFoundError(f"Audio file not found: {path}")
@@ -359,8 +360,9 @@ class WavLMSpeakerInterface(Pretrained):
         signal = torch.from_numpy(data).mean(dim=1)
         if not torch.isfinite(signal).all():
             raise ValueError(f"Audio file {path} contains NaN or infinite samples.")
-        if rate != self.hparams.sample_rate:
-            signal = _resampler(int(rate), int(self.hparams.sample_rate))(signal)
+        sample_rate = int(sample_rate or self.hparams.sample_rate)
+        if rate != sample_rate:
+            signal = _resampler(int(rate), sample_rate)(signal)
         return signal
 
     # ------------------------------------------------------------------- embeddings ---

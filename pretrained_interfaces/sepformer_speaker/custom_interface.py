@@ -1,0 +1,179 @@
+"""SepFormer + WavLM speaker branch, trained jointly: the SpeechBrain pretrained interface.
+
+Separates a mixture and says, for each separated source, who it is::
+
+    from speechbrain.inference.interfaces import foreign_class
+    sep = foreign_class(source="user/repo", pymodule_file="custom_interface.py",
+                        classname="SepformerSpeakerInterface")
+    for s in sep.separate_file("meeting.wav", save_folder="out/"):
+        print(s.path, s.speaker, s.score)
+    sep.enrol({"alice": ["alice1.wav", "alice2.wav"], "bob": ["bob.wav"]})  # name your speakers
+
+Every exported folder carries this file with the speaker interface
+(``pretrained_interfaces/speaker/custom_interface.py``) inlined where the block below imports it
+(``export.py`` does that), so the folder depends on SpeechBrain, PyTorch and transformers only.
+The class extends ``WavLMSpeakerInterface``: ``encode_file``, ``verify_files`` and
+``classify_file`` use the jointly trained speaker branch.
+"""
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+from speechbrain.inference.separation import SepformerSeparation
+
+# >>> speaker interface (export.py inlines pretrained_interfaces/speaker/custom_interface.py here)
+from pretrained_interfaces.speaker.custom_interface import (  # noqa: F401 (names the YAML uses)
+    BaseWeights,
+    WavLMSpeakerEmbedder,
+    WavLMSpeakerInterface,
+    _resampler,
+)
+
+# <<< speaker interface
+
+logger = logging.getLogger(__name__)
+
+JOINT_FILES = ("encoder.ckpt", "masknet.ckpt", "decoder.ckpt")
+
+
+@dataclass
+class SeparatedSource:
+    """One separated source: its signal ``[time]`` at ``sample_rate``, the speaker the model
+    names (an enrolled name after :meth:`SepformerSpeakerInterface.enrol`, else a training
+    speaker), the cosine ``score`` of that decision, the L2-normalised ``embedding`` and, when
+    written, its ``path``."""
+
+    signal: torch.Tensor
+    sample_rate: int
+    speaker: str
+    score: float
+    embedding: torch.Tensor
+    path: str = None
+
+
+def _safe_name(text):
+    return re.sub(r"[^\w.-]+", "_", str(text)).strip("._") or "speaker"
+
+
+class SepformerSpeakerInterface(WavLMSpeakerInterface):
+    """Source separation with the speaker of each source.
+
+    ``hyperparams.yaml`` provides the SepFormer (``encoder``, ``masknet``, ``decoder``) at
+    ``separator_sample_rate`` with ``num_spks`` outputs, and the speaker branch (``embedder``,
+    ``classifier``, ``label_encoder``) at ``sample_rate``.
+    """
+
+    MODULES_NEEDED = ["encoder", "masknet", "decoder", "embedder", "classifier"]
+    HPARAMS_NEEDED = WavLMSpeakerInterface.HPARAMS_NEEDED + ["separator_sample_rate", "num_spks"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.enrolled = None  # (names, centroids [S, D]) after enrol()
+
+    @classmethod
+    def from_hparams(cls, source, hparams_file="hyperparams.yaml", **kwargs):
+        """Loads a model folder or Hub repo (``user/name``) with this class's code."""
+        path = Path(str(source)).expanduser()
+        if path.is_dir():
+            missing = [f for f in JOINT_FILES if not (path / f).is_file()]
+            if missing:
+                raise FileNotFoundError(
+                    f"{path} is not a complete exported joint model (missing {missing}); export "
+                    "it with pretrained_interfaces/export.py <joint training output folder> "
+                    f"--out {path} --overwrite."
+                )
+        return super().from_hparams(source, hparams_file=hparams_file, **kwargs)
+
+    # -------------------------------------------------------------------- separation ---
+    def separate_signals(self, mixtures):
+        """The SepFormer's sources ``[B, T, num_spks]`` of ``mixtures [B, T]`` at
+        ``separator_sample_rate`` (SpeechBrain's ``SepformerSeparation.separate_batch``)."""
+        if mixtures.dim() == 1:
+            mixtures = mixtures.unsqueeze(0)
+        with torch.no_grad():
+            return SepformerSeparation.separate_batch(self, mixtures.float())
+
+    def enrol(self, speakers):
+        """Names outputs by your own speakers: ``{name: [audio files]}``; each name's centroid is
+        the mean of its files' normalised embeddings. Replaces any earlier enrolment and returns
+        ``{name: centroid}``; ``enrol(None)`` goes back to the training speakers."""
+        if speakers is None:
+            self.enrolled = None
+            return {}
+        if not speakers or any(not files for files in speakers.values()):
+            raise ValueError("enrol() takes {name: [audio files]} with at least one file each.")
+        names = sorted(speakers)
+        centroids = []
+        for name in names:
+            files = [speakers[name]] if isinstance(speakers[name], (str, Path)) else speakers[name]
+            embs = torch.stack([self.encode_file(f) for f in files])
+            centroids.append(F.normalize(embs.mean(0), dim=-1))
+        self.enrolled = (names, torch.stack(centroids))
+        logger.info("Enrolled %d speakers: %s", len(names), ", ".join(names))
+        return dict(zip(names, centroids, strict=True))
+
+    def identify(self, embeddings):
+        """``(speakers, scores)`` for normalised ``embeddings [N, D]``: the closest enrolled
+        centroid (cosine) or, without enrolment, the classifier head's top training speaker."""
+        if self.enrolled is not None:
+            names, centroids = self.enrolled
+            scores = embeddings @ centroids.to(embeddings.device).T
+            best, index = scores.max(dim=-1)
+            return [names[int(i)] for i in index], best.tolist()
+        with torch.no_grad():
+            scores = self.mods.classifier(embeddings.unsqueeze(1)).squeeze(1)
+        best, index = scores.max(dim=-1)
+        encoder = self.hparams.label_encoder
+        return [encoder.decode_ndim(int(i)) for i in index], best.tolist()
+
+    def separate_batch(self, mixtures):
+        """Separates ``mixtures [B, T]`` (at ``separator_sample_rate``); for each mixture, the
+        list of its :class:`SeparatedSource` (signal, speaker, score, embedding)."""
+        sources = self.separate_signals(mixtures).cpu()
+        rate = int(self.hparams.separator_sample_rate)
+        to_speaker = _resampler(rate, int(self.hparams.sample_rate))
+        flat = sources.transpose(1, 2).reshape(-1, sources.shape[1])  # [B * n, T]
+        embeddings = self.encode_batch(to_speaker(flat))
+        speakers, scores = self.identify(embeddings)
+        n = sources.shape[-1]
+        return [
+            [
+                SeparatedSource(
+                    sources[b, :, i],
+                    rate,
+                    speakers[b * n + i],
+                    scores[b * n + i],
+                    embeddings[b * n + i],
+                )
+                for i in range(n)
+            ]
+            for b in range(sources.shape[0])
+        ]
+
+    def separate_file(self, path, save_folder=None):
+        """Separates an audio file (any rate and channel count: downmixed, resampled to
+        ``separator_sample_rate``); with ``save_folder``, writes each source as
+        ``<file stem>_<i>_<speaker>.wav`` there and sets its ``path``."""
+        mixture = self.read_audio(path, sample_rate=self.hparams.separator_sample_rate)
+        sources = self.separate_batch(mixture.unsqueeze(0))[0]
+        if save_folder is not None:
+            folder = Path(save_folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            stem = Path(path).stem
+            for i, source in enumerate(sources, start=1):
+                out = folder / f"{stem}_{i}_{_safe_name(source.speaker)}.wav"
+                tmp = out.with_name(f".{out.name}.partial")
+                sf.write(tmp, source.signal.numpy(), source.sample_rate, format="WAV")
+                tmp.replace(out)
+                source.path = str(out)
+            logger.info("Wrote %d sources of %s to %s", len(sources), path, folder)
+        return sources
+
+    def forward(self, mixtures):
+        """Separated sources with their speakers, as ``separate_batch``."""
+        return self.separate_batch(mixtures)
