@@ -10,20 +10,28 @@ import time
 from pathlib import Path
 
 import speechbrain as sb
-import yaml
 from hyperpyyaml import load_hyperpyyaml, resolve_references
+from ruamel.yaml import YAML
+from ruamel.yaml.constructor import SafeConstructor
 from speechbrain.utils.distributed import if_main_process
 
 LOCK_NAME = ".run.lock"
 _held_locks = {}  # folder -> open lock file, held (and so locked) until the process exits
 
 
-class _TagsAsNone(yaml.SafeLoader):
-    """Reads a HyperPyYAML file as plain YAML: every ``!tag`` value becomes None, so nothing is
-    built, loaded or written while the file is only being inspected."""
+class _TagsAsNone(SafeConstructor):
+    """Reads a HyperPyYAML file as plain YAML (1.2, as hyperpyyaml's ruamel loader reads it):
+    every ``!tag`` value becomes None, so nothing is built, loaded or written while the file is
+    only being inspected."""
 
 
-_TagsAsNone.add_multi_constructor("!", lambda loader, suffix, node: None)
+_TagsAsNone.add_multi_constructor("!", lambda constructor, suffix, node: None)
+
+
+def _plain_yaml():
+    reader = YAML(typ="safe", pure=True)
+    reader.Constructor = _TagsAsNone
+    return reader
 
 
 def plain_values(hparams_file, overrides=None):
@@ -31,13 +39,14 @@ def plain_values(hparams_file, overrides=None):
     None (no object is created)."""
     with open(hparams_file, encoding="utf-8") as fin:
         text = resolve_references(fin, overrides or None).getvalue()
-    return yaml.load(text, Loader=_TagsAsNone) or {}
+    return _plain_yaml().load(text) or {}
 
 
 def check_override_types(hparams_file, overrides):
     """Raises ``ValueError`` for a command-line override whose type cannot be the YAML default's
     (``--batch_size abc`` where the YAML has ``batch_size: 32``), before anything runs."""
-    given = yaml.safe_load(overrides) if overrides else None
+    # parsed as hyperpyyaml parses them (ruamel, YAML 1.2: "1e-3" is a number, not a string)
+    given = _plain_yaml().load(overrides) if overrides else None
     if not isinstance(given, dict):
         return
     defaults = plain_values(hparams_file)

@@ -1,0 +1,69 @@
+"""Checks every recipe script runs before any work: override types against the YAML's defaults
+(parsed as hyperpyyaml parses them), the output folder guard."""
+
+import pytest
+
+from sepid.experiment import check_override_types, ensure_writable, plain_values
+
+YAML_TEXT = """
+seed: 3
+lr: 0.001
+batch_size: 8
+augment: True
+name: demo
+output_folder: !ref results/<name>/<seed>
+model: !new:torch.nn.Linear
+    in_features: 2
+    out_features: 2
+"""
+
+
+@pytest.fixture
+def hparams_file(tmp_path):
+    path = tmp_path / "hp.yaml"
+    path.write_text(YAML_TEXT)
+    return path
+
+
+def test_plain_values_resolve_refs_and_build_nothing(hparams_file):
+    values = plain_values(hparams_file, "seed: 7")
+    assert values["output_folder"] == "results/demo/7"
+    assert values["model"] is None  # a tag is not built while inspecting
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    ["lr: 1e-3", "lr: 5", "batch_size: 16", "augment: False", "name: 12", "unknown_key: x", ""],
+)
+def test_overrides_of_a_compatible_type_pass(hparams_file, overrides):
+    check_override_types(hparams_file, overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ("batch_size: abc", "--batch_size='abc': expected a number"),
+        ("lr: fast", "--lr='fast': expected a number"),
+        ("augment: 1", "--augment=1: expected True or False"),
+        ("batch_size: True", "--batch_size=True: expected a number"),
+    ],
+)
+def test_overrides_of_the_wrong_type_are_named(hparams_file, overrides, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        check_override_types(hparams_file, overrides)
+
+
+def test_an_unwritable_folder_is_named(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(PermissionError, match=f"Cannot write to the output folder {blocker}/out"):
+        ensure_writable(blocker / "out")
+    assert ensure_writable(tmp_path / "new" / "out").is_dir()
+
+
+def test_a_float_default_written_with_an_exponent_is_a_number(tmp_path):
+    path = tmp_path / "hp.yaml"
+    path.write_text("lr: 5e-4\noutput_folder: out\n")
+    assert plain_values(path)["lr"] == 5e-4
+    with pytest.raises(ValueError, match="expected a number"):
+        check_override_types(path, "lr: fast")
