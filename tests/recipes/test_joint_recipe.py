@@ -11,13 +11,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
+from speechbrain.inference.interfaces import foreign_class
 
 from data_prep.make_mixtures import make_mixtures
+from pretrained_interfaces.export import export_speaker
 from sepid.mixtures import mixture_collate
-from sepid.speaker_source import prepare_speaker_branch
+from sepid.speaker_source import check_source, prepare_speaker_branch
 from tests.helpers import CORPUS, held_out_test_mixtures, run_script
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -294,3 +297,55 @@ def test_speaker_branch_from_the_base_model(speaker_model, tmp_path):
     result = json.loads((tmp_path / "out" / "eval" / "metrics.json").read_text())
     baseline = result["systems"]["pretrained separator"]["speaker_identification"]
     assert set(baseline) == {"pretrained"}
+
+
+@pytest.mark.parametrize("adapters", [False, True], ids=["merged", "adapters"])
+def test_speaker_branch_starts_as_the_exported_model(
+    speaker_experiment, exported_speaker, tmp_path, adapters
+):
+    """The Pretrainer loads the exported model into the YAML's speaker modules: before any
+    training the branch embeds and classifies as the exported interface does. A merged export
+    sits under fresh LoRA (B = 0); an adapters export brings its trained adapters."""
+    source = exported_speaker
+    if adapters:
+        source = export_speaker(
+            run_folder=speaker_experiment, out=tmp_path / "adapters", adapters=True
+        )
+    options = speaker_options(speaker_experiment, source)
+    options["wavlm_source"] = str(Path(speaker_experiment) / "tiny-wavlm")  # the export's base
+    with open(YAML) as f:
+        hparams = load_hyperpyyaml(f, {"output_folder": str(tmp_path / "out"), **options})
+    hparams["pretrainer"].collect_files()
+    hparams["pretrainer"].load_collected()
+    prepare_speaker_branch(hparams)
+    interface = foreign_class(
+        source=str(source), pymodule_file="custom_interface.py", classname="WavLMSpeakerInterface"
+    )
+    wav = sf.read(CORPUS / "2414" / "2414-128291-0003.flac", dtype="float32")[0][:48000]
+    wav = torch.from_numpy(wav).unsqueeze(0)
+    encoder = hparams["speaker_encoder"].eval()
+    with torch.no_grad():
+        got = torch.nn.functional.normalize(encoder(wav), dim=-1)
+    torch.testing.assert_close(got, interface.encode_batch(wav), atol=1e-5, rtol=0)
+    torch.testing.assert_close(hparams["classifier"].weight, interface.mods.classifier.weight)
+    assert hparams["label_encoder"].lab2ind == interface.hparams.label_encoder.lab2ind
+    lora_b = [p for n, p in encoder.named_parameters() if ".lora_B" in n]
+    assert lora_b and all(bool((p != 0).any()) == adapters for p in lora_b)
+
+
+def test_speaker_source_that_does_not_fit_is_one_clear_error(
+    speaker_experiment, exported_speaker, tmp_path
+):
+    options = speaker_options(speaker_experiment, exported_speaker)
+    with open(YAML) as f:
+        hparams = load_hyperpyyaml(
+            f, {"output_folder": str(tmp_path / "out"), **options, "embedding_dim": 32}
+        )
+    hparams["pretrainer"].collect_files()
+    with pytest.raises(ValueError, match="embedding_dim"):
+        hparams["pretrainer"].load_collected()
+    # a training output folder is not a source: export it first
+    with pytest.raises(FileNotFoundError, match="pretrained_interfaces/export.py"):
+        check_source(speaker_experiment)
+    with pytest.raises(FileNotFoundError, match="not a complete exported speaker model"):
+        check_source(tmp_path)
