@@ -42,6 +42,11 @@ def plain_values(hparams_file, overrides=None):
     return _plain_yaml().load(text) or {}
 
 
+# Options whose values may be of several types: speaker selections are 'all', a number (the
+# first N), a list of IDs or a file of IDs (see sepid.prep.select_speakers).
+SEVERAL_TYPES = {"speakers", "eval_speakers", "trial_speakers"}
+
+
 def check_override_types(hparams_file, overrides):
     """Raises ``ValueError`` for a command-line override whose type cannot be the YAML default's
     (``--batch_size abc`` where the YAML has ``batch_size: 32``), before anything runs."""
@@ -49,9 +54,14 @@ def check_override_types(hparams_file, overrides):
     given = _plain_yaml().load(overrides) if overrides else None
     if not isinstance(given, dict):
         return
-    defaults = plain_values(hparams_file)
+    # The file's own literal values, read without resolving anything: a `!PLACEHOLDER` (which
+    # the overrides fill) would stop the resolution, and a `!ref` default has no type to keep.
+    with open(hparams_file, encoding="utf-8") as fin:
+        defaults = _plain_yaml().load(fin) or {}
     for key, value in given.items():
         default = defaults.get(key)
+        if key in SEVERAL_TYPES:
+            continue
         if isinstance(default, bool):
             ok = isinstance(value, bool)
             expected = "True or False"

@@ -234,3 +234,60 @@ def save_tiny_ecapa(folder, seed=0, **sizes):
         (tmp / "hyperparams.yaml").write_text(text)
 
     return _build_once(folder, write, "hyperparams.yaml")
+
+
+def _read_config(path):
+    """The plain YAML mapping in ``path`` (model sizes), or {} for None."""
+    if path is None:
+        return {}
+    from ruamel.yaml import YAML
+
+    with open(path, encoding="utf-8") as fin:
+        config = YAML(typ="safe", pure=True).load(fin) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} must hold a mapping of model sizes (key: value), not {config!r}")
+    return config
+
+
+def build_tiny_wavlm(out, config=None, seed=0):
+    """``save_tiny_wavlm`` with the ``WavLMConfig`` values of the YAML file ``config`` (over
+    :data:`TINY_WAVLM`); raises ``FileExistsError`` when ``out`` holds a model of other sizes
+    (remove it to rebuild). Returns the folder."""
+    sizes = _read_config(config)
+    folder = save_tiny_wavlm(out, seed=seed, **sizes)
+    built = WavLMConfig.from_pretrained(folder).to_dict()
+    wanted = WavLMConfig(**{**TINY_WAVLM, **sizes}).to_dict()
+    differ = sorted(k for k in {**TINY_WAVLM, **sizes} if built.get(k) != wanted.get(k))
+    if differ:
+        raise FileExistsError(
+            f"{folder} holds a tiny WavLM whose {', '.join(differ)} differ from {config}; remove "
+            "the folder to rebuild it."
+        )
+    return folder
+
+
+def main(argv=None):
+    """``python -m sepid.tiny wavlm --out DIR [--config sizes.yaml] [--seed N]``: builds and saves
+    a tiny random model (once; a rerun with the same sizes keeps it) for a recipe to load through
+    its ordinary ``wavlm_source`` (or ``separator_source`` for ``sepformer``)."""
+    import argparse
+    import logging
+
+    parser = argparse.ArgumentParser(description=main.__doc__.split("\n")[0])
+    parser.add_argument("model", choices=["wavlm", "sepformer"])
+    parser.add_argument("--out", required=True, help="folder the model is saved to")
+    parser.add_argument("--config", default=None, help="YAML mapping of sizes (over the defaults)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.model == "wavlm":
+        folder = build_tiny_wavlm(args.out, config=args.config, seed=args.seed)
+        n_params = sum(p.numel() for p in WavLMModel.from_pretrained(folder).parameters())
+        logging.getLogger(__name__).info("Tiny WavLM (%d parameters) in %s", n_params, folder)
+    else:
+        folder = save_tiny_sepformer(args.out, seed=args.seed, **_read_config(args.config))
+        logging.getLogger(__name__).info("Tiny SepFormer in %s", folder)
+
+
+if __name__ == "__main__":
+    main()

@@ -31,8 +31,9 @@ load it, through ``from_hparams`` / ``foreign_class``)::
         --baseline_source speechbrain/spkrec-ecapa-voxceleb
 
 The models are tagged ``pretrained``, ``finetuned`` (this run's checkpoint), ``exported``
-(``speaker_source``) and ``baseline`` in ``metrics.json``, the score CSVs and the tables. A set
-that cannot be scored (e.g. no identification test utterance when every speaker has one
+(``speaker_source``), ``baseline`` and, with ``--fbank_baseline=True``, ``fbank`` (mean and
+standard deviation of log-mel filterbanks, no training) in ``metrics.json``, the score CSVs and
+the tables. A set that cannot be scored (e.g. no identification test utterance when every speaker has one
 utterance) is skipped with a log line.
 """
 
@@ -267,6 +268,11 @@ if __name__ == "__main__":
             f"baseline:{source_fingerprint(source)} sr={hparams['sample_rate']}",
         )
 
+    def fbank_model():
+        embedder = hparams["fbank_embedder"].to(brain.device)
+        logger.info("Evaluating the training-free baseline %r", embedder)
+        return SpeakerModel("fbank", embedder, f"fbank:{embedder!r} {settings}")
+
     models = [base_model]
     if hparams["pretrained_only"]:
         pass
@@ -287,6 +293,8 @@ if __name__ == "__main__":
         models.append(run_checkpoint)
     if hparams["baseline_source"] is not None:
         models.append(baseline_model)
+    if hparams["fbank_baseline"]:
+        models.append(fbank_model)
 
     out = Path(hparams["eval_folder"])
     report, trial_scores = {}, {v.name: {} for v in vsets}

@@ -67,3 +67,14 @@ def test_a_float_default_written_with_an_exponent_is_a_number(tmp_path):
     assert plain_values(path)["lr"] == 5e-4
     with pytest.raises(ValueError, match="expected a number"):
         check_override_types(path, "lr: fast")
+
+
+def test_a_placeholder_default_and_speaker_selections_pass(tmp_path):
+    path = tmp_path / "hp.yaml"
+    path.write_text(
+        "data_folder: !PLACEHOLDER\nprep: !ref <data_folder>/prep\nspeakers: 100\nbatch_size: 8\n"
+    )
+    check_override_types(path, "data_folder: x\nspeakers: all\nbatch_size: 4")
+    check_override_types(path, "speakers: [a, b]")
+    with pytest.raises(ValueError, match="expected a number"):
+        check_override_types(path, "data_folder: x\nbatch_size: abc")

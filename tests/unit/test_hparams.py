@@ -1,15 +1,24 @@
 """Every YAML loads (no broken ``!ref``), and every key a script reads exists in its YAMLs."""
 
+import json
 import re
 from pathlib import Path
 
 import pytest
+import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 
-from sepid.tiny import save_tiny_wavlm
+from sepid.overrides import override_args
+from sepid.tiny import build_tiny_wavlm, save_tiny_wavlm
 
 ROOT = Path(__file__).resolve().parents[2]
-YAMLS = sorted((ROOT / "hparams").rglob("*.yaml"))
+# Not experiments: the demo's overrides of a real YAML, and tiny model sizes (tested below).
+NOT_EXPERIMENTS = ("*-overrides.yaml", "tiny-*.yaml")
+YAMLS = sorted(
+    p
+    for p in (ROOT / "hparams").rglob("*.yaml")
+    if not any(p.match(pattern) for pattern in NOT_EXPERIMENTS)
+)
 
 JOINT_YAMLS = ["hparams/sepformer-wavlm-speaker.yaml", "hparams/demo/sepformer-wavlm-speaker.yaml"]
 # Which YAMLs each script is run with (and the shared code those scripts hand hparams to).
@@ -78,3 +87,51 @@ def test_every_key_a_script_reads_is_in_its_yamls(script):
     for yaml_name in SCRIPTS[script]:
         missing = used - top_level_keys(ROOT / yaml_name)
         assert not missing, f"{script} reads {sorted(missing)} absent from {yaml_name}"
+
+
+def test_demo_speaker_overrides_apply_to_the_real_yaml(tmp_path):
+    """The demo's speaker stage is the real YAML with its overrides file, on the command line as
+    the demo passes it (a tagged override such as ``!ref <prepare_folder>`` replaces the node)."""
+    model = save_tiny_wavlm(tmp_path / "tiny-wavlm")
+    args = override_args(
+        "hparams/demo/speaker-overrides.yaml",
+        [f"--wavlm_source={model}", f"--output_folder={tmp_path / 'out'}"],
+    )
+    _, _, overrides = sb.parse_arguments(["hparams/wavlm-lora-arcface.yaml", *args])
+    with open(ROOT / "hparams/wavlm-lora-arcface.yaml") as f:
+        hparams = load_hyperpyyaml(f, overrides)
+    assert hparams["prepare_data"].func.__name__ == "prepare_folder"
+    assert hparams["prepare_data"].keywords["trial_speakers"] is None
+    assert hparams["prepare_eval_data"].func.__name__ == "prepare_folder"
+    assert hparams["prepare_eval_data"].keywords["trial_speakers"] == "all"
+    assert hparams["data_folder"].endswith("librispeech-mini/train-clean-100")
+    assert hparams["eval_data_folder"].endswith("librispeech-mini/test-other")
+    assert hparams["encoder"].freeze_backbone is False
+    # every demo path is relative, inside the repository
+    for key in ("data_folder", "eval_data_folder"):
+        assert (ROOT / hparams[key]).resolve().is_relative_to(ROOT)
+
+
+def test_the_default_speaker_prep_is_still_voxceleb(tmp_path):
+    with open(ROOT / "hparams/wavlm-lora-arcface.yaml") as f:
+        hparams = load_hyperpyyaml(
+            f,
+            {
+                "data_folder": str(tmp_path),
+                "output_folder": str(tmp_path / "out"),
+                "wavlm_source": str(save_tiny_wavlm(tmp_path / "tiny-wavlm")),
+            },
+        )
+    assert hparams["prepare_data"].func.__name__ == "prepare_voxceleb"
+    assert hparams["prepare_eval_data"].func.__name__ == "prepare_voxceleb"
+
+
+def test_demo_tiny_wavlm_sizes_build_once(tmp_path):
+    folder = build_tiny_wavlm(tmp_path / "m", config=ROOT / "hparams/demo/tiny-wavlm.yaml")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["hidden_size"] == 128 and config["num_hidden_layers"] == 3
+    assert build_tiny_wavlm(folder, config=ROOT / "hparams/demo/tiny-wavlm.yaml") == folder
+    other = tmp_path / "other.yaml"
+    other.write_text("hidden_size: 64\n")
+    with pytest.raises(FileExistsError, match="hidden_size"):
+        build_tiny_wavlm(folder, config=other)
