@@ -63,7 +63,8 @@ def test_there_are_yamls():
 @pytest.mark.parametrize("yaml_path", YAMLS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_yaml_loads(yaml_path, tmp_path):
     keys = top_level_keys(yaml_path)
-    overrides = {"output_folder": str(tmp_path / "out")}
+    # (configuration files such as hparams/demo/tiny-wavlm.yaml have no output folder)
+    overrides = {"output_folder": str(tmp_path / "out")} if "output_folder" in keys else {}
     if "data_folder" in keys:
         overrides["data_folder"] = str(tmp_path / "data")
     if "wavlm_source" in keys:
@@ -74,7 +75,7 @@ def test_yaml_loads(yaml_path, tmp_path):
         overrides["speaker_source"] = str(tmp_path / "no-such-exported-model")
     with open(yaml_path) as f:
         hparams = load_hyperpyyaml(f, overrides)
-    assert hparams["output_folder"] == str(tmp_path / "out")
+    assert hparams.get("output_folder") == overrides.get("output_folder")
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
