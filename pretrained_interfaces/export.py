@@ -355,7 +355,9 @@ def model_card(
     lines = [
         f"# {name}: WavLM + LoRA + ArcFace speaker embeddings",
         "",
-        "Speaker verification and identification with a frozen WavLM "
+        "Speaker verification and identification with a "
+        + ("frozen" if hparams.get("freeze_backbone", True) else "fine-tuned")
+        + " WavLM "
         f"(`{base if not Path(base).exists() else 'local base model ' + Path(base).name}`, "
         f"{backbone.num_hidden_layers} layers x {backbone.hidden_size}) adapted with LoRA "
         f"(rank {hparams.get('lora_rank')} on {', '.join(hparams.get('lora_targets', []))}), "
@@ -505,6 +507,12 @@ def export_speaker(
         "lora": None,
         "base_weights": None,
     }
+    if adapters and not getattr(encoder, "freeze_backbone", True):
+        raise ValueError(
+            f"{run_folder} fine-tuned its WavLM backbone (freeze_backbone: False): --adapters "
+            "would ship the base model's weights instead of the trained ones. Export merged "
+            "(the default)."
+        )
     if adapters:
         values["lora"] = {
             "rank": int(hparams["lora_rank"]),

@@ -83,3 +83,12 @@ def test_fine_tuned_backbone_exports_merged(run, tmp_path):
     # export_speaker checks the exported model's embeddings against the checkpoint's itself
     folder = export_speaker(run_folder=out, out=tmp_path / "exported")
     assert (folder / "embedder.ckpt").is_file()
+
+
+def test_fine_tuned_backbone_refuses_an_adapters_export(run, tmp_path):
+    out, _, _ = run
+    with pytest.raises(ValueError, match="fine-tuned its WavLM backbone"):
+        export_speaker(run_folder=out, out=tmp_path / "adapters", adapters=True)
+    assert not (tmp_path / "adapters").exists() and not list(tmp_path.glob(".adapters*"))
+    card = (export_speaker(run_folder=out, out=tmp_path / "merged") / "README.md").read_text()
+    assert "with a fine-tuned WavLM" in card
