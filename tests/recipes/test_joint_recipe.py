@@ -349,3 +349,21 @@ def test_speaker_source_that_does_not_fit_is_one_clear_error(
         check_source(speaker_experiment)
     with pytest.raises(FileNotFoundError, match="not a complete exported speaker model"):
         check_source(tmp_path)
+
+
+def test_joint_forward_follows_the_device(options, tmp_path):
+    """GPU readiness without a GPU (see tests/unit/test_device_placement.py): the JointBrain's
+    forward (separator, resampler, speaker branch) with modules and data on ``meta`` uses no
+    tensor left on the CPU. (The objective's permutation search needs values, which ``meta``
+    tensors do not have, so it is not run here; SpeechBrain's SpeedPerturb resamples on its own
+    ``device``, the CPU by default, which is correct on a GPU but cannot take a meta tensor.)"""
+    from tests.unit.test_device_placement import OneDeviceMode
+
+    brain, batch = joint_brain(options, tmp_path, speed_perturb=False)
+    brain.device = "meta"
+    brain.modules.to("meta")
+    with OneDeviceMode():
+        predictions = brain.compute_forward(batch, sb.Stage.TRAIN)
+        predictions["logits"].sum().backward()
+    assert predictions["logits"].device.type == "meta"
+    assert next(brain.modules.masknet.parameters()).grad.device.type == "meta"

@@ -27,18 +27,24 @@ TRANSFERS = {  # moving a tensor to the device (batch.to(self.device)) is what s
 
 
 class OneDeviceMode(TorchDispatchMode):
-    """Raises when an op other than a device transfer gets a non-scalar tensor that is not on
-    ``device``."""
+    """Raises when an op other than a device transfer mixes a tensor on ``device`` with a
+    non-scalar tensor elsewhere (what fails on a GPU). Host-only ops (a random index drawn on
+    the CPU) are fine, as they are on a GPU."""
 
     def __init__(self, device="meta"):
         super().__init__()
         self.device = device
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        leaves = [] if func in TRANSFERS else tree_leaves((args, kwargs or {}))
-        for t in leaves:
-            if isinstance(t, torch.Tensor) and t.device.type != self.device and t.dim() > 0:
-                raise RuntimeError(f"{func} got a tensor on {t.device} (shape {tuple(t.shape)})")
+        if func not in TRANSFERS:
+            tensors = [t for t in tree_leaves((args, kwargs or {})) if isinstance(t, torch.Tensor)]
+            on_device = any(t.device.type == self.device for t in tensors)
+            for t in tensors:
+                if on_device and t.device.type != self.device and t.dim() > 0:
+                    raise RuntimeError(
+                        f"{func} got a tensor on {t.device} (shape {tuple(t.shape)}) with "
+                        f"tensors on {self.device}"
+                    )
         return func(*args, **(kwargs or {}))
 
 
