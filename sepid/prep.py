@@ -731,7 +731,7 @@ def segment_rows(rows, cuts, part):
             {
                 **row,
                 "ID": utt_id,
-                "duration": round(stop - start, 3),
+                "duration": round(stop - start, 6),  # sample-accurate (1 us)
                 "start": start,
                 "stop": stop,
             }
