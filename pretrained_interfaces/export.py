@@ -248,6 +248,14 @@ def _training_overrides(yaml_text):
     return match.group(1), overrides
 
 
+def _training_command(run_folder, script):
+    """The command that trained ``run_folder``, rebuilt from its saved ``hyperparams.yaml``."""
+    source_yaml, overrides = _training_overrides(
+        (Path(run_folder) / "hyperparams.yaml").read_text(encoding="utf-8")
+    )
+    return " ".join(["python " + script, source_yaml or "<hparams.yaml>", *overrides])
+
+
 def _train_summary(hparams, run_folder):
     """Utterances and hours of the training manifest, when it is there."""
     import csv
@@ -342,12 +350,7 @@ def model_card(
         model_name=name,
         eval_results=eval_results or None,
     )
-    source_yaml, overrides = _training_overrides(
-        (Path(run_folder) / "hyperparams.yaml").read_text(encoding="utf-8")
-    )
-    train_cmd = " ".join(
-        ["python recipes/speaker/train.py", source_yaml or "<hparams.yaml>", *overrides]
-    )
+    train_cmd = _training_command(run_folder, "recipes/speaker/train.py")
     summary = _train_summary(hparams, run_folder)
     backbone = hparams["encoder"].backbone.config
     counter = Path(checkpoint.path) / "counter.ckpt"
@@ -667,12 +670,7 @@ def joint_model_card(hparams, run_folder, checkpoint, metrics, name, source):
         model_name=name,
         eval_results=eval_results or None,
     )
-    source_yaml, overrides = _training_overrides(
-        (Path(run_folder) / "hyperparams.yaml").read_text(encoding="utf-8")
-    )
-    train_cmd = " ".join(
-        ["python recipes/joint/train.py", source_yaml or "<hparams.yaml>", *overrides]
-    )
+    train_cmd = _training_command(run_folder, "recipes/joint/train.py")
     n_speakers = hparams["classifier"].weight.shape[0]
     lines = [
         f"# {name}: SepFormer + WavLM speaker branch, trained jointly",

@@ -258,8 +258,9 @@ def test_rerun_skips_and_other_options_delete_nothing_without_overwrite(corpus, 
     run(corpus, save, n_mix={"train": 2, "test": 2})  # the new options are now the folder's
 
 
-def test_interrupted_run_with_other_options_is_kept(corpus, tmp_path, monkeypatch):
-    save = tmp_path / "mix"
+def interrupt_at_the_test_split(monkeypatch):
+    """Makes make_mixtures stop (Ctrl-C) when it reaches the test split; returns the real
+    split writer, to put back."""
     real = mm._make_split
 
     def failing(split, *args, **kwargs):
@@ -268,6 +269,12 @@ def test_interrupted_run_with_other_options_is_kept(corpus, tmp_path, monkeypatc
         return real(split, *args, **kwargs)
 
     monkeypatch.setattr(mm, "_make_split", failing)
+    return real
+
+
+def test_interrupted_run_with_other_options_is_kept(corpus, tmp_path, monkeypatch):
+    save = tmp_path / "mix"
+    real = interrupt_at_the_test_split(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run(corpus, save)
     monkeypatch.setattr(mm, "_make_split", real)
@@ -282,14 +289,7 @@ def test_interrupted_run_with_other_options_is_kept(corpus, tmp_path, monkeypatc
 
 def test_interrupted_run_resumes(corpus, tmp_path, monkeypatch):
     save = tmp_path / "mix"
-    real = mm._make_split
-
-    def failing(split, *args, **kwargs):
-        if split == "test":
-            raise KeyboardInterrupt
-        return real(split, *args, **kwargs)
-
-    monkeypatch.setattr(mm, "_make_split", failing)
+    real = interrupt_at_the_test_split(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run(corpus, save)
     assert (save / "train.csv").is_file() and not (save / "prep_options.json").exists()
