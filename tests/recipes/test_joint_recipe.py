@@ -367,3 +367,45 @@ def test_joint_forward_follows_the_device(options, tmp_path):
         predictions["logits"].sum().backward()
     assert predictions["logits"].device.type == "meta"
     assert next(brain.modules.masknet.parameters()).grad.device.type == "meta"
+
+
+def flatten(tree, prefix=""):
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {k: v for key, sub in tree.items() for k, v in flatten(sub, f"{prefix}.{key}").items()}
+
+
+def test_torchrun_joint_training_and_evaluation_match_one_process(speaker_model, options, tmp_path):
+    """The joint recipe and its evaluation under torchrun (2 CPU processes, gloo): training runs
+    and checkpoints once; the evaluation shards the mixtures across ranks and gathers them, so
+    its per-mixture results equal a single-process run's."""
+    ddp = ["-m", "torch.distributed.run", "--nproc_per_node=2"]
+    args = [
+        str(YAML.relative_to(ROOT)),
+        f"--output_folder={tmp_path / 'out'}",
+        *cli(options),
+        "--number_of_epochs=1",
+        "--distributed_backend=gloo",
+    ]
+    run_script([*ddp, "recipes/joint/train.py", *args])
+    assert len(train_losses(tmp_path / "out" / "train_log.txt")) == 1  # logged once, not per rank
+    assert len(list((tmp_path / "out" / "save").glob("CKPT+*"))) == 1
+    mixtures = held_out_test_mixtures(speaker_model, tmp_path / "mix", 4, sample_rate=8000)
+    evaluate = ["recipes/joint/evaluate.py", *args, f"--mixture_folder={mixtures}"]
+    run_script([*ddp, *evaluate])
+    eval_folder = tmp_path / "out" / "eval"
+    two_ranks = {str(p): p.read_text() for p in eval_folder.rglob("per_mixture.csv")}
+    metrics_two = json.loads((eval_folder / "metrics.json").read_text())
+    run_script(evaluate[:-2] + [evaluate[-1]])  # one process: without --distributed_backend
+    one = {str(p): p.read_text() for p in eval_folder.rglob("per_mixture.csv")}
+    metrics_one = json.loads((eval_folder / "metrics.json").read_text())
+    assert two_ranks and two_ranks == one
+    # the summaries: equal up to float summation order (the separator's threads)
+    flat_two, flat_one = flatten(metrics_two["systems"]), flatten(metrics_one["systems"])
+    assert flat_two.keys() == flat_one.keys()
+    for key, value in flat_one.items():
+        assert flat_two[key] == (
+            pytest.approx(value, rel=1e-6, abs=1e-6) if isinstance(value, float) else value
+        ), key
+    assert metrics_one["systems"]["joint model"]["n_mixtures"] == 4
