@@ -78,3 +78,13 @@ def test_a_placeholder_default_and_speaker_selections_pass(tmp_path):
     check_override_types(path, "speakers: [a, b]")
     with pytest.raises(ValueError, match="expected a number"):
         check_override_types(path, "data_folder: x\nbatch_size: abc")
+
+
+def test_a_placeholder_yaml_checks_its_overrides(tmp_path):
+    """The real YAMLs have a !PLACEHOLDER that the overrides fill (--data_folder)."""
+    path = tmp_path / "hp.yaml"
+    path.write_text("data_folder: !PLACEHOLDER\nbatch_size: 8\noutput_folder: out\n")
+    check_override_types(path, "data_folder: /data\nbatch_size: 4")
+    with pytest.raises(ValueError, match="--batch_size='x'"):
+        check_override_types(path, "data_folder: /data\nbatch_size: x")
+    assert plain_values(path, "data_folder: /data")["output_folder"] == "out"
