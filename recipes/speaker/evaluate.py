@@ -240,12 +240,16 @@ if __name__ == "__main__":
             label_encoder=label_encoder,
         )
 
+    def load_on_every_rank(loader, where):
+        """``loader(**where)``; under DDP the files are fetched by one process first."""
+        if is_distributed_initialized():
+            run_on_main(loader, kwargs=where)
+        return loader(**where)
+
     def exported_model():
         source = hparams["speaker_source"]
         where = {"source": source, "savedir": savedir / "speaker_source", "device": brain.device}
-        if is_distributed_initialized():  # files fetched by one process, then loaded by all
-            run_on_main(load_speaker_interface, kwargs=where)
-        interface = load_speaker_interface(**where)
+        interface = load_on_every_rank(load_speaker_interface, where)
         logger.info("Evaluating the exported speaker model %s", source)
         return SpeakerModel(
             "exported",
@@ -258,9 +262,7 @@ if __name__ == "__main__":
     def baseline_model():
         source = hparams["baseline_source"]
         where = {"source": source, "savedir": savedir / "baseline", "device": brain.device}
-        if is_distributed_initialized():  # files fetched by one process, then loaded by all
-            run_on_main(load_encoder_classifier, kwargs=where)
-        interface = load_encoder_classifier(**where)
+        interface = load_on_every_rank(load_encoder_classifier, where)
         logger.info("Evaluating the baseline %s (%s)", source, type(interface).__name__)
         return SpeakerModel(
             "baseline",
