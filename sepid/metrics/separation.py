@@ -13,14 +13,14 @@ Metrics
 * BSS-eval v3 ``bss_eval_sources`` (Vincent, Gribonval, Fevotte, IEEE TASLP 2006): SDR, SIR and
   SAR with 512-tap time-invariant distortion filters, permutation maximising the mean SIR (as
   ``mir_eval.separation.bss_eval_sources`` and the BSS_EVAL Matlab toolbox choose it):
-  :func:`bss_eval` and :func:`sdr_improvement`. Two backends give the same numbers (1e-11 dB
-  apart on realistic speech items, see ``tests/benchmarks/bench_separation_metrics.py``):
-  ``"fast"`` and ``"mir_eval"`` (the reference implementation, which re-builds and solves the
-  Gram system of the delayed references for every estimate/reference pair). ``"fast"`` solves
-  the same least-squares problems from FFT correlation statistics: :func:`bss_eval` calls
-  ``fast_bss_eval.numpy.bss_eval_sources``; :func:`sdr_improvement` and
-  :func:`evaluate_separation` evaluate the estimates and the mixture in one pass of the same
-  equations (:func:`_bss_coherences`: statistics and Gram matrix built once, Cholesky).
+  :func:`bss_eval` and :func:`sdr_improvement`. Two backends give the same numbers (about 1e-12
+  dB apart on realistic speech items, see ``tests/benchmarks/bench_separation_metrics.py``):
+  ``"fast"`` (``fast_bss_eval.numpy``: the same least-squares problems solved from FFT
+  correlation statistics) and ``"mir_eval"`` (the reference implementation, which re-builds and
+  solves the Gram system of the delayed references for every estimate/reference pair). With
+  ``"fast"``, :func:`sdr_improvement` and :func:`evaluate_separation` score the estimates and the
+  mixture in one ``fast_bss_eval.numpy.square_cosine_metrics`` call (reference statistics and
+  Gram matrix built once).
 * PESQ (ITU-T P.862 / P.862.2, ``pesq`` package): :func:`pesq_score`.
 * STOI / ESTOI (``pystoi``): :func:`stoi_score`.
 
@@ -33,7 +33,6 @@ zero or NaN.
 """
 
 import contextlib
-import ctypes
 import itertools
 import logging
 import math
@@ -43,6 +42,7 @@ from concurrent.futures import ProcessPoolExecutor
 from math import gcd
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 logger = logging.getLogger(__name__)
 
@@ -431,77 +431,6 @@ def bss_eval(estimates, references, backend="fast"):
     return _bss_eval(est, ref, backend)
 
 
-def _spd_solve(matrix, rhs):
-    """Solves ``matrix @ x = rhs`` for a symmetric positive (semi-)definite Gram matrix.
-
-    Cholesky (half the cost of LU); where the matrix is numerically singular, LU
-    (``np.linalg.solve``, what fast_bss_eval uses) and then least squares (mir_eval's
-    fallback).
-    """
-    from scipy.linalg import LinAlgError, cho_factor, cho_solve
-
-    try:
-        factor = cho_factor(matrix, lower=False, overwrite_a=False, check_finite=False)
-        return cho_solve(factor, rhs, check_finite=False)
-    except LinAlgError:
-        logger.debug("Gram matrix not numerically positive definite; falling back to LU")
-    try:
-        return np.linalg.solve(matrix, rhs)
-    except np.linalg.LinAlgError:
-        return np.linalg.lstsq(matrix, rhs, rcond=None)[0]
-
-
-def _bss_coherences(references, candidates, filter_length=BSS_FILTER_LENGTH):
-    """Squared cosines of BSS-eval v3 for every (reference, candidate) pair, in one pass.
-
-    With ``x_r`` the unit-norm references and ``y_j`` the unit-norm candidates (estimates),
-    ``coh_sdr[r, j]`` is the squared cosine between ``y_j`` and the span of the delays
-    ``0 .. L-1`` of ``x_r`` (``SDR = 10 log10(c / (1 - c))``), and ``coh_sar[j]`` that between
-    ``y_j`` and the span of the delays of all references (``SAR``; ``SIR`` uses
-    ``coh_sdr / coh_sar``). These are the least-squares projections of mir_eval's
-    ``_bss_decomp_mtifilt`` and the quantities of ``fast_bss_eval.square_cosine_metrics``:
-    auto-/cross-correlations by FFT (only lags ``|k| < L`` are needed, so the FFT is of length
-    ``>= T + L - 1``), the Gram (block-Toeplitz) matrix of the delayed references built and
-    factorised once (Cholesky) for all candidates.
-
-    Returns
-    -------
-    coh_sdr : np.ndarray, [n_ref, n_cand]
-    coh_sar : np.ndarray, [n_cand]
-    """
-    from scipy import fft
-    from scipy.linalg import toeplitz
-
-    L = filter_length
-    x = references / np.linalg.norm(references, axis=-1, keepdims=True)
-    y = candidates / np.linalg.norm(candidates, axis=-1, keepdims=True)
-    n_ref, n_samples = x.shape
-    n_fft = fft.next_fast_len(n_samples + L - 1, real=True)
-    X = fft.rfft(x, n=n_fft, axis=-1)
-    Y = fft.rfft(y, n=n_fft, axis=-1)
-    # acf[r, c, k] = sum_n x_r[n + k] x_c[n]  (negative lags at the end)
-    acf = fft.irfft(X[:, None, :] * X[None, :, :].conj(), n=n_fft, axis=-1)
-    # xcorr[r, j, k] = sum_n x_r[n] y_j[n + k] = <x_r delayed by k, y_j>,  k = 0 .. L-1
-    xcorr = fft.irfft(X[:, None, :].conj() * Y[None, :, :], n=n_fft, axis=-1)[:, :, :L]
-    # Gram matrix of the delayed references, layout (reference, delay):
-    # G[r*L + i, c*L + j] = <x_r delayed by i, x_c delayed by j> = acf[r, c, j - i]
-    gram = np.empty((n_ref * L, n_ref * L))
-    for r in range(n_ref):
-        for c in range(n_ref):
-            lags = acf[r, c]
-            column = np.concatenate([lags[:1], lags[:-L:-1]])  # acf[r, c, -i]
-            gram[r * L : (r + 1) * L, c * L : (c + 1) * L] = toeplitz(column, lags[:L])
-    rhs = xcorr.transpose(0, 2, 1).reshape(n_ref * L, -1)  # [(reference, delay), n_cand]
-    coh_sdr = np.empty((n_ref, y.shape[0]))
-    for r in range(n_ref):
-        block = slice(r * L, (r + 1) * L)
-        sol = _spd_solve(gram[block, block], rhs[block])
-        coh_sdr[r] = np.einsum("lj,lj->j", rhs[block], sol)
-    sol = _spd_solve(gram, rhs)
-    coh_sar = np.einsum("lj,lj->j", rhs, sol)
-    return coh_sdr, coh_sar
-
-
 def _bss_eval_with_mixture(est, ref, mix, backend):
     """BSS-eval of the estimates and of the mixture copies, sharing what can be shared.
 
@@ -510,12 +439,12 @@ def _bss_eval_with_mixture(est, ref, mix, backend):
     source, or ``None`` with the reason in ``mixture_error``.
 
     With the ``"fast"`` backend, the squared cosines of every reference with the ``n_src``
-    estimates and the mixture are computed in one pass by :func:`_bss_coherences` (the
-    reference statistics and Gram matrix are built and Cholesky-factorised once, instead of
-    once per call and by LU as in ``fast_bss_eval``) and converted to dB as
-    ``fast_bss_eval.bss_eval_sources`` does; the estimates' permutation maximises the mean SIR.
-    This gives the same numbers as ``bss_eval`` on the estimates and on the mixture copies,
-    with either backend (tested to 1e-6 dB against fast_bss_eval, 0.01 dB against mir_eval).
+    estimates and the mixture come from one ``fast_bss_eval.numpy.square_cosine_metrics`` call
+    (the reference statistics and Gram matrix are built once for all of them) and are converted
+    to dB as ``fast_bss_eval.bss_eval_sources`` does; the estimates' permutation maximises the
+    mean SIR. This gives the same numbers as ``bss_eval`` on the estimates and on the mixture
+    copies, with either backend (tested to 1e-6 dB against separate calls, 1e-9 dB against
+    mir_eval on speech items).
     """
     _check_bss_inputs(est, ref)
     try:
@@ -535,9 +464,11 @@ def _bss_eval_with_mixture(est, ref, mix, backend):
             mixture_sdr = _finite_or_raise(mix_sdr, "mixture SDR").tolist()
         return bss, mixture_sdr, mixture_error
 
+    from fast_bss_eval.numpy import square_cosine_metrics
+
     candidates = est if mixture_error is not None else np.concatenate([est, mix[None]], axis=0)
-    coh_sdr, coh_sar = _bss_coherences(ref, candidates)  # [n_ref, n_cand], [n_cand]
-    coh_sar = np.broadcast_to(coh_sar, coh_sdr.shape)
+    # pairwise: coh_sdr [n_ref, n_cand] (reference r, candidate j), coh_sar broadcast to it
+    coh_sdr, coh_sar = square_cosine_metrics(ref, candidates, filter_length=BSS_FILTER_LENGTH)
     with np.errstate(divide="ignore", invalid="ignore"):
         coh_sir = coh_sdr / coh_sar
     sdr_mat = _finite_or_raise(_coherence_to_db(coh_sdr), "SDR")
@@ -571,7 +502,8 @@ def sdr_improvement(estimates, references, mixture, backend="fast"):
     mixture : array-like, shape [T]
     backend : {"fast", "mir_eval"}
         See :func:`bss_eval`. With ``"fast"`` the estimates and the mixture are evaluated in one
-        pass (same numbers as two calls, reference statistics computed once).
+        ``square_cosine_metrics`` call (same numbers as two calls, reference statistics computed
+        once).
 
     Returns
     -------
@@ -880,88 +812,59 @@ def evaluate_separation(
     return row
 
 
-_OPENBLAS_SYMBOLS = (  # (setter, getter) names used by OpenBLAS builds (plain, scipy-openblas)
-    ("openblas_set_num_threads", "openblas_get_num_threads"),
-    ("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
-    ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
-    ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
-)
-
-
-def _openblas_handles():
-    """``[(set_num_threads, get_num_threads)]`` of the OpenBLAS libraries mapped in this process.
-
-    Linux only (reads ``/proc/self/maps``); an empty list elsewhere.
-    """
-    try:
-        with open("/proc/self/maps", encoding="utf-8") as fh:
-            paths = {line.split()[-1] for line in fh if "openblas" in line.lower()}
-    except OSError:
-        return []
-    handles = []
-    for path in sorted(p for p in paths if p.startswith("/")):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for set_name, get_name in _OPENBLAS_SYMBOLS:
-            setter, getter = getattr(lib, set_name, None), getattr(lib, get_name, None)
-            if setter is not None and getter is not None:
-                getter.restype = ctypes.c_int
-                handles.append((setter, getter))
-                break
-    return handles
-
-
-def _limit_blas_threads(n_threads):
-    """Sets the BLAS thread count of this process; returns a function restoring the previous."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        pass
-    else:
-        limiter = threadpool_limits(limits=n_threads, user_api="blas")
-        return limiter.restore_original_limits
-    handles = _openblas_handles()
-    if not handles:
-        logger.debug("no OpenBLAS library found; BLAS threads left unchanged")
-    previous = [getter() for _, getter in handles]
-    for setter, _ in handles:
-        setter(ctypes.c_int(n_threads))
-
-    def restore():
-        for (setter, _), n in zip(handles, previous, strict=True):
-            setter(ctypes.c_int(n))
-
-    return restore
-
-
-@contextlib.contextmanager
 def blas_threads_limited(n_threads):
     """Context manager limiting the BLAS thread pools of this process, restored on exit.
 
     Several processes with multi-threaded BLAS oversubscribe the cores, and OpenBLAS's spinning
-    threads can then make ``np.linalg.solve`` (the core of BSS-eval) many times slower; each
-    worker of a process pool should run single-threaded BLAS. Uses ``threadpoolctl`` when it is
-    installed, otherwise the ``openblas_{set,get}_num_threads`` functions of the OpenBLAS
-    libraries loaded in this process (Linux; best effort: nothing happens where none is found).
+    threads can then make the linear solves of BSS-eval many times slower; each worker of a
+    process pool should run single-threaded BLAS. This is
+    ``threadpoolctl.threadpool_limits(limits=n_threads, user_api="blas")``: every BLAS library
+    loaded in the process (numpy's and scipy's OpenBLAS, MKL, ...) is limited.
 
     Parameters
     ----------
     n_threads : int
         Number of BLAS threads inside the block.
     """
-    restore = _limit_blas_threads(n_threads)
-    try:
-        yield
-    finally:
-        restore()
+    return threadpool_limits(limits=n_threads, user_api="blas")
 
 
 def _init_worker(blas_threads):
-    """Process-pool initializer: single-threaded BLAS for the worker's whole life."""
+    """Process-pool initializer: ``blas_threads`` BLAS threads for the worker's whole life."""
     if blas_threads is not None:
-        _limit_blas_threads(blas_threads)
+        threadpool_limits(limits=blas_threads, user_api="blas")
+
+
+_BLAS_ENV_KEYS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _metric_pool(n_workers, blas_threads=1, mp_context="fork"):
+    """A ``ProcessPoolExecutor`` whose workers run with ``blas_threads`` BLAS threads.
+
+    The limit is set by the pool initializer (:func:`_init_worker`); with a start method other
+    than ``"fork"`` it is also exported through the BLAS environment variables while the workers
+    start (so the libraries never create more threads), restored on exit.
+    """
+    import multiprocessing
+
+    saved = {k: os.environ.get(k) for k in _BLAS_ENV_KEYS}
+    if blas_threads is not None and mp_context != "fork":
+        os.environ.update({k: str(blas_threads) for k in _BLAS_ENV_KEYS})
+    try:
+        with ProcessPoolExecutor(
+            max_workers=n_workers,
+            mp_context=multiprocessing.get_context(mp_context),
+            initializer=_init_worker,
+            initargs=(blas_threads,),
+        ) as pool:
+            yield pool
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _evaluate_item(args):
@@ -1021,28 +924,8 @@ def evaluate_many(
     if n_jobs == 1 or len(jobs) <= 1:
         return [_evaluate_item(job) for job in jobs]
 
-    import multiprocessing
-
-    ctx = multiprocessing.get_context(mp_context)
-    env_keys = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-    saved = {k: os.environ.get(k) for k in env_keys}
-    if blas_threads is not None and mp_context != "fork":
-        os.environ.update({k: str(blas_threads) for k in env_keys})
-    try:
-        with ProcessPoolExecutor(
-            max_workers=min(n_jobs, len(jobs)),
-            mp_context=ctx,
-            initializer=_init_worker,
-            initargs=(blas_threads,),
-        ) as pool:
-            rows = list(pool.map(_evaluate_item, jobs, chunksize=chunksize))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return rows
+    with _metric_pool(min(n_jobs, len(jobs)), blas_threads, mp_context) as pool:
+        return list(pool.map(_evaluate_item, jobs, chunksize=chunksize))
 
 
 def summarize(rows, keys):

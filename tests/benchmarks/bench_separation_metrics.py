@@ -3,7 +3,8 @@
 Usage::
 
     python tests/benchmarks/bench_separation_metrics.py \\
-        [--n_items 20] [--out tests/benchmarks/results/separation_metrics.json]
+        [--n_items 20] [--out tests/benchmarks/results/separation_metrics.json] \\
+        [--solver_commit 3010bd1]
 
 Items: ``n_items`` two-speaker items of 4 s at 8 kHz built from the LibriSpeech sample (two
 utterances of different speakers, resampled 16 -> 8 kHz, each scaled to a random level);
@@ -24,12 +25,25 @@ Measured, per item:
 Also timed: ``bss_eval_sources`` alone, mir_eval vs ``fast_bss_eval.numpy`` (one process,
 single-threaded and default BLAS, best configuration of each), with the largest absolute
 difference of SDR / SIR / SAR between the two backends and their permutation agreement.
+
+SDR of the estimates + SDR of the mixture (what SDRi needs), one process, single-threaded BLAS,
+best of ``--repeats`` interleaved runs: ours (``sdr_improvement(..., backend="fast")``: one
+``fast_bss_eval.numpy.square_cosine_metrics`` call on ``[estimates; mixture]``), two
+``fast_bss_eval`` ``bss_eval_sources`` calls (estimates, then the mixture copies) and, with
+``--solver_commit REV``, the exact one-pass Cholesky solver that ``sepid/metrics/separation.py``
+held at ``REV`` (loaded with ``git show``; issue 12 kept it only if at least 2x faster than
+``fast_bss_eval`` on the same inputs: it was 1.5x, so the one-call path replaced it), each
+with its largest difference to mir_eval.
 """
 
 import argparse
+import importlib.util
 import itertools
+import subprocess
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -124,6 +138,52 @@ def naive_stage(items):
     return rows
 
 
+def _solver_at(commit):
+    """``sepid/metrics/separation.py`` as it was at ``commit`` (a module, loaded from git)."""
+    source = subprocess.run(
+        ["git", "show", f"{commit}:sepid/metrics/separation.py"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "separation_at_commit.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location("separation_at_commit", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module
+
+
+def _fast_bss_eval_two_calls(est, refs, mix):
+    """What a caller of fast_bss_eval's ``bss_eval_sources`` does for SDR and mixture SDR."""
+    from fast_bss_eval.numpy import bss_eval_sources
+
+    with np.errstate(divide="ignore"):
+        sdr, sir, sar, perm = bss_eval_sources(refs, est, filter_length=512)
+        mix_sdr = bss_eval_sources(refs, np.stack([mix] * refs.shape[0]), filter_length=512)[0]
+    return {"per_source_sdr": sdr, "sir": sir, "sar": sar, "mixture_sdr": mix_sdr}
+
+
+def _max_diff_to_mir_eval(rows, reference):
+    keys = ("per_source_sdr", "sir", "sar", "mixture_sdr")
+    return max(
+        float(np.max(np.abs(np.subtract(r[k], m[k]))))
+        for r, m in zip(rows, reference, strict=True)
+        for k in keys
+    )
+
+
+def _best_interleaved(fns, repeats):
+    """``{name: best seconds over repeats}``, the functions run in turn in each repeat."""
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(_timed(fn)[0])
+    return {name: min(t) for name, t in times.items()}
+
+
 def _timed(fn):
     t0 = time.perf_counter()
     result = fn()
@@ -137,6 +197,12 @@ def main(argv=None):
         "--out", default=str(REPO / "tests/benchmarks/results/separation_metrics.json")
     )
     parser.add_argument("--n_jobs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--solver_commit",
+        default=None,
+        help="also time the exact one-pass solver of sepid/metrics/separation.py at this commit",
+    )
     args = parser.parse_args(argv)
     machine = machine_info()  # load average before the run
 
@@ -170,8 +236,17 @@ def main(argv=None):
         t_bss_mir_1, _ = _timed(lambda: bss_all("mir_eval"))
         t_bss_fast_1, _ = _timed(lambda: bss_all("fast"))
         # SDR of the estimates + SDR of the mixture copies (what SDRi needs), one process
-        t_sdri_mir_1, _ = _timed(lambda: [sdr_improvement(*it, "mir_eval") for it in items])
-        t_sdri_ours_1, _ = _timed(lambda: [sdr_improvement(*it, "fast") for it in items])
+        t_sdri_mir_1, sdri_mir = _timed(lambda: [sdr_improvement(*it, "mir_eval") for it in items])
+        sdri_fns = {
+            "ours": lambda: [sdr_improvement(*it, "fast") for it in items],
+            "fast_bss_eval_two_calls": lambda: [_fast_bss_eval_two_calls(*it) for it in items],
+        }
+        if args.solver_commit:
+            old = _solver_at(args.solver_commit)
+            sdri_fns["exact_solver"] = lambda: [old.sdr_improvement(*it, "fast") for it in items]
+        sdri_rows = {name: fn() for name, fn in sdri_fns.items()}  # also the warm-up
+        sdri_best = _best_interleaved(sdri_fns, args.repeats)
+    t_sdri_ours_1 = sdri_best["ours"]
 
     diff = {
         key: max(
@@ -227,9 +302,34 @@ def main(argv=None):
         "sdr_and_mixture_sdr_mir_eval_s": t_sdri_mir_1 / n,
         "sdr_and_mixture_sdr_ours_s": t_sdri_ours_1 / n,
         "speedup_sdr_and_mixture_sdr": t_sdri_mir_1 / t_sdri_ours_1,
-        "sdr_and_mixture_sdr_method": "sdr_improvement(est, refs, mix, backend) per item, one "
-        "process, single-threaded BLAS: mir_eval = two bss_eval_sources calls; ours = one pass "
-        "over estimates + mixture (statistics and Gram matrix once, Cholesky)",
+        "sdr_and_mixture_sdr_fast_bss_eval_two_calls_s": sdri_best["fast_bss_eval_two_calls"] / n,
+        "sdr_and_mixture_sdr_method": "per item, one process, single-threaded BLAS, best of "
+        f"{args.repeats} interleaved runs (mir_eval: one run): mir_eval = sdr_improvement(est, "
+        "refs, mix, 'mir_eval'), two bss_eval_sources calls; ours = sdr_improvement(..., "
+        "'fast'), one fast_bss_eval.numpy.square_cosine_metrics call on [estimates; mixture]; "
+        "fast_bss_eval_two_calls = fast_bss_eval.numpy.bss_eval_sources(refs, est) + "
+        "bss_eval_sources(refs, [mix, mix])",
+        "sdr_and_mixture_sdr_max_abs_diff_to_mir_eval_db": {
+            name: _max_diff_to_mir_eval(rows, sdri_mir) for name, rows in sdri_rows.items()
+        },
+        **(
+            {
+                "exact_solver_commit": args.solver_commit,
+                "sdr_and_mixture_sdr_exact_solver_s": sdri_best["exact_solver"] / n,
+                "speedup_exact_solver_vs_fast_bss_eval_same_inputs": sdri_best["ours"]
+                / sdri_best["exact_solver"],
+                "speedup_exact_solver_vs_fast_bss_eval_two_calls": sdri_best[
+                    "fast_bss_eval_two_calls"
+                ]
+                / sdri_best["exact_solver"],
+                "exact_solver_method": "sdr_improvement(..., 'fast') of sepid/metrics/"
+                f"separation.py at {args.solver_commit} (git show): FFT statistics, Gram matrix "
+                "of [estimates; mixture] built once, Cholesky; deleted by issue 12 (kept only "
+                "if >= 2x faster than fast_bss_eval on the same inputs)",
+            }
+            if args.solver_commit
+            else {}
+        ),
         "max_abs_diff_db": diff,
         "perm_agreement_bss_backends": f"{perm_agree}/{n}",
         "max_abs_diff_stage_vs_naive_db": stage_diff,

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 from scipy.signal import resample_poly
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from sepid.metrics.separation import (
     UndefinedMetricError,
+    _metric_pool,
     blas_threads_limited,
     bss_eval,
     evaluate_many,
@@ -194,6 +196,19 @@ def test_fast_backend_agrees_with_mir_eval(seed):
         np.testing.assert_allclose(fast[key], ref_impl[key], atol=0.01, err_msg=key)
 
 
+@pytest.mark.parametrize("seed", [10, 11, 12])
+def test_fast_backend_matches_mir_eval_to_1e_9_db_on_speech(seed):
+    # the "fast" path (one fast_bss_eval square_cosine_metrics call on estimates + mixture)
+    # solves the same least-squares problems as mir_eval: same numbers, not just close ones
+    est, refs, mix = _realistic_item(seed)
+    if seed == 11:
+        est = est[::-1].copy()
+    fast = sdr_improvement(est, refs, mix, backend="fast")
+    ref_impl = sdr_improvement(est, refs, mix, backend="mir_eval")
+    for key in ("per_source_sdr", "sir", "sar", "mixture_sdr", "per_source_sdri"):
+        np.testing.assert_allclose(fast[key], ref_impl[key], rtol=0, atol=1e-9, err_msg=key)
+
+
 def test_rank_deficient_references_fall_back_and_still_agree():
     # sums of sinusoids: the Gram matrix of the delayed references is singular, so the
     # one-pass Cholesky solve falls back to LU as fast_bss_eval / mir_eval do
@@ -356,6 +371,31 @@ def test_evaluate_many_matches_serial():
         assert p.keys() == s.keys()
         for key in ("si_sdr", "sdr", "sdri", "sir"):
             assert p[key] == pytest.approx(s[key], abs=1e-9)
+
+
+def _blas_threads():
+    """``{library path: BLAS threads}`` of the BLAS libraries loaded in this process."""
+    return {i["filepath"]: i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+
+@pytest.mark.parametrize("mp_context", ["fork", "spawn"])
+def test_metric_pool_workers_run_single_threaded_blas(mp_context):
+    # the parent runs 2 BLAS threads, so a worker only has 1 if the pool set it
+    with threadpool_limits(limits=2, user_api="blas"):
+        assert _blas_threads() and set(_blas_threads().values()) == {2}
+        with _metric_pool(2, blas_threads=1, mp_context=mp_context) as pool:
+            workers = [pool.submit(_blas_threads).result() for _ in range(2)]
+        assert set(_blas_threads().values()) == {2}  # the parent's limit is untouched
+    for worker in workers:
+        assert worker, "no BLAS library found in the worker: the test would prove nothing"
+        assert set(worker.values()) == {1}, worker
+
+
+def test_blas_threads_limited_restores_the_previous_limit():
+    with threadpool_limits(limits=2, user_api="blas"):
+        with blas_threads_limited(1):
+            assert set(_blas_threads().values()) == {1}
+        assert set(_blas_threads().values()) == {2}
 
 
 # ------------------------------------------------------------------------------ validation
