@@ -44,7 +44,7 @@ def plain_values(hparams_file, overrides=None):
 
 # Options whose values may be of several types: speaker selections are 'all', a number (the
 # first N), a list of IDs or a file of IDs (see sepid.prep.select_speakers).
-SEVERAL_TYPES = {"speakers", "eval_speakers", "trial_speakers"}
+SEVERAL_TYPES = {"speakers", "eval_speakers", "trial_speakers", "train_speakers"}
 
 
 def check_override_types(hparams_file, overrides):

@@ -144,12 +144,17 @@ def check_mixing_options(length_mode="min", gain_db_range=(0.0, 0.0), loudness="
 
 @dataclass(frozen=True)
 class Source:
-    """One utterance of the speaker manifest: ID, resolved path, speaker, duration (s)."""
+    """One utterance of the speaker manifest: ID, resolved path, speaker, duration (s), and the
+    part of the file it stands for (``start``, ``stop`` in seconds; ``stop`` None: to the end).
+    The speaker data prep's ``train.csv`` / ``valid.csv`` have ``start, stop`` columns: a
+    training row stops where its held-out validation segment starts."""
 
     id: str
     path: str
     spk: str
     duration: float
+    start: float = 0.0
+    stop: float | None = None
 
 
 @dataclass
@@ -219,8 +224,9 @@ def load_sources(manifest, data_folder, min_duration=1.0):
             short += 1
             continue
         path = resolve_path(row["wav"], data_folder)
+        start, stop = _segment(row, manifest)
         sources.setdefault(row["spk_id"], []).append(
-            Source(row["ID"], path, row["spk_id"], duration)
+            Source(row["ID"], path, row["spk_id"], duration, start, stop)
         )
     if short:
         logger.info(
@@ -230,6 +236,20 @@ def load_sources(manifest, data_folder, min_duration=1.0):
             min_duration,
         )
     return speakers, sources
+
+
+def _segment(row, manifest):
+    """``(start, stop)`` seconds of a manifest row: its ``start`` / ``stop`` columns when it
+    has them (segment manifests), else the whole file ``(0.0, None)``."""
+    try:
+        start = float(row.get("start") or 0.0)
+        stop = float(row["stop"]) if row.get("stop") not in (None, "") else None
+    except ValueError as err:
+        raise ValueError(
+            f"Manifest {manifest}: row {row['ID']!r} has a non-numeric start/stop "
+            f"({row.get('start')!r}, {row.get('stop')!r}). Regenerate it with the data prep."
+        ) from err
+    return start, stop
 
 
 def _is_none_spec(spec):
@@ -540,7 +560,8 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
     Arguments
     ---------
     manifest : str or Path
-        Speaker manifest (``ID, duration, wav, spk_id``).
+        Speaker manifest (``ID, duration, wav, spk_id``; with ``start, stop`` columns, as the
+        speaker data prep's ``train.csv`` / ``valid.csv``, only that part of each file is read).
     data_folder : str or Path
         Replaces ``$data_root`` in its paths.
     speakers : list, int, str or path
@@ -651,15 +672,23 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         return self.n_mix
 
     def _read(self, rng, source):
-        if self.segment_seconds is None:
-            return read_audio(source.path, self.sample_rate)
+        """A random ``segment_seconds`` crop of the source's part of its file (its ``start`` to
+        ``stop``): nothing outside it is read, so a held-out validation segment never is."""
         frames, file_rate, _ = audio_info(source.path)
-        want = int(round(self.segment_seconds * file_rate))
-        if frames > want:
-            start = int(rng.integers(0, frames - want + 1))
-            sig = read_audio(source.path, self.sample_rate, start=start, stop=start + want)
-        else:
+        first = int(round(source.start * file_rate))
+        last = frames if source.stop is None else min(frames, int(round(source.stop * file_rate)))
+        want = last - first
+        if self.segment_seconds is not None:
+            want = min(want, int(round(self.segment_seconds * file_rate)))
+        start = first + (
+            int(rng.integers(0, last - first - want + 1)) if last - first > want else 0
+        )
+        if start == 0 and start + want == frames:
             sig = read_audio(source.path, self.sample_rate)
+        else:
+            sig = read_audio(source.path, self.sample_rate, start=start, stop=start + want)
+        if self.segment_seconds is None:
+            return sig
         return sig[: int(round(self.segment_seconds * self.sample_rate))]
 
     def __getitem__(self, index):

@@ -36,9 +36,11 @@ from speechbrain.utils.logger import get_logger
 
 from sepid.distributed import global_mean
 from sepid.experiment import start_experiment
+from sepid.manifest import read_csv
 from sepid.mixtures import DynamicMixingDataset, mixture_collate
 from sepid.models.joint import output_labels, pit_si_snr_loss, separate_with_modules
 from sepid.models.speaker import log_trainable_parameters
+from sepid.prep import UTT_COLUMNS
 from sepid.separation_data import written_mixture_dataset
 from sepid.speaker_source import prepare_speaker_branch
 from sepid.training import FiniteBrain, check_trainable_data
@@ -148,8 +150,11 @@ class JointBrain(FiniteBrain):
 
 def mixture_datasets(hparams):
     """Dynamic-mixing train set (new mixtures each epoch) and a fixed valid set drawn from
-    held-out utterances of the same speakers; or, with ``train_mixture_folder``, the written
-    mixtures of ``data_prep/make_mixtures.py`` (its ``train.csv`` and ``valid.csv``)."""
+    held-out audio of the same speakers: the ``valid_speaker_manifest`` (the speaker data prep's
+    ``valid.csv``: held-out utterances, or held-out segments of speakers with one utterance,
+    which its ``train.csv`` rows stop before) or, without one, ``valid_utt_fraction`` of each
+    speaker's utterances. With ``train_mixture_folder``: the written mixtures of
+    ``data_prep/make_mixtures.py`` (its ``train.csv`` and ``valid.csv``)."""
     folder = hparams["train_mixture_folder"]
     if folder is not None:
         rate = hparams["sample_rate"]
@@ -175,6 +180,9 @@ def mixture_datasets(hparams):
             "Dynamic mixing draws from a speaker manifest: pass --speaker_manifest (e.g. the "
             "speaker data prep's train.csv), or --train_mixture_folder for written mixtures."
         )
+    valid_manifest = hparams["valid_speaker_manifest"]
+    if valid_manifest is not None:
+        common["valid_utt_fraction"] = 0.0  # the valid manifest holds the held-out audio
     train = DynamicMixingDataset.for_split(
         "train",
         manifest,
@@ -183,13 +191,35 @@ def mixture_datasets(hparams):
         segment_seconds=hparams["segment_seconds"],
         **common,
     )
-    valid = DynamicMixingDataset.for_split(
-        "valid",
-        manifest,
+    if valid_manifest is None:
+        valid = DynamicMixingDataset.for_split(
+            "valid",
+            manifest,
+            root,
+            hparams["n_valid_mixtures"],
+            segment_seconds=hparams["valid_segment_seconds"],
+            **common,
+        )
+        return train, valid
+    held_out = {row["spk_id"] for row in read_csv(valid_manifest, UTT_COLUMNS)}
+    speakers = [s for s in train.speakers if s in held_out]
+    if len(speakers) < len(train.speakers):
+        logger.info(
+            "%d of the %d train speakers have held-out audio in %s: valid mixtures are theirs",
+            len(speakers),
+            len(train.speakers),
+            valid_manifest,
+        )
+    valid = DynamicMixingDataset(
+        valid_manifest,
         root,
+        speakers,
         hparams["n_valid_mixtures"],
         segment_seconds=hparams["valid_segment_seconds"],
-        **common,
+        sample_rate=hparams["sample_rate"],
+        gain_db_range=tuple(hparams["gain_db_range"]),
+        min_duration=hparams["min_duration"],
+        seed=hparams["seed"],
     )
     return train, valid
 
