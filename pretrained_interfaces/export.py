@@ -18,9 +18,10 @@ checkpoint in ``save/`` by ``error_rate`` and ``save/label_encoder.txt``, plus
 From the output folder of ``recipes/joint/train.py`` (recognised by its YAML) it writes the joint
 model instead (:func:`export_joint`): ``encoder.ckpt``, ``masknet.ckpt``, ``decoder.ckpt`` (the
 SepFormer), ``embedder.ckpt`` (the speaker branch, LoRA merged), ``classifier.ckpt``,
-``label_encoder.ckpt``, ``hyperparams.yaml`` (pretrained_interfaces/sepformer_speaker/),
-``custom_interface.py`` (``SepformerSpeakerInterface``, the speaker interface's code inlined) and
-the model card.
+``label_encoder.ckpt``, ``hyperparams.yaml`` (pretrained_interfaces/sepformer_speaker/, with the
+run's chunking of long mixtures), ``custom_interface.py`` (``SepformerSpeakerInterface``, the
+speaker interface's code and ``sepid/separation.py``'s chunked separation inlined) and the model
+card.
 
 The folder is written next to ``--out`` under a temporary name, loaded back and checked against
 the checkpoint, then renamed: an interrupted export leaves nothing half-written.
@@ -583,6 +584,8 @@ def export_speaker(
 JOINT_DIR = Path(__file__).resolve().parent / "sepformer_speaker"
 JOINT_CLASS = "SepformerSpeakerInterface"
 SPEAKER_BLOCK = re.compile(r"^# >>> speaker interface.*?^# <<< speaker interface\n", re.M | re.S)
+CHUNK_BLOCK = re.compile(r"^# >>> chunked separation.*?^# <<< chunked separation\n", re.M | re.S)
+CHUNK_SOURCE = Path(__file__).resolve().parents[1] / "sepid" / "separation.py"
 SEPARATOR_FILES = {
     "encoder": "separator_encoder",
     "masknet": "masknet",
@@ -593,13 +596,21 @@ SEPARATION_ATOL = 1e-5
 
 
 def joint_interface_source():
-    """The joint ``custom_interface.py`` as exported: the speaker interface's code inlined where
-    the repository's file imports it, so the folder needs no other file of this project."""
+    """The joint ``custom_interface.py`` as exported: the speaker interface's code and the
+    chunked separation (the ``# >>> chunked separation`` block of ``sepid/separation.py``, torch
+    only) inlined where the repository's file imports them, so the folder needs no other file of
+    this project."""
     text = (JOINT_DIR / INTERFACE_FILE).read_text(encoding="utf-8")
     speaker = (INTERFACE_DIR / INTERFACE_FILE).read_text(encoding="utf-8")
     text, n = SPEAKER_BLOCK.subn(lambda _: speaker + "\n", text)
     if n != 1:
         raise ValueError(f"{JOINT_DIR / INTERFACE_FILE} has no `# >>> speaker interface` block.")
+    chunking = CHUNK_BLOCK.search(CHUNK_SOURCE.read_text(encoding="utf-8"))
+    if chunking is None:
+        raise ValueError(f"{CHUNK_SOURCE} has no `# >>> chunked separation` block.")
+    text, n = CHUNK_BLOCK.subn(lambda _: chunking.group(0), text)
+    if n != 1:
+        raise ValueError(f"{JOINT_DIR / INTERFACE_FILE} has no `# >>> chunked separation` block.")
     return text
 
 
@@ -672,6 +683,17 @@ def joint_model_card(hparams, run_folder, checkpoint, metrics, name, source):
     )
     train_cmd = _training_command(run_folder, "recipes/joint/train.py")
     n_speakers = hparams["classifier"].weight.shape[0]
+    chunk = hparams.get("separation_chunk_seconds", 30.0)
+    chunking = (
+        f"- Mixtures longer than {chunk} s are separated in chunks overlapping by "
+        f"{hparams.get('separation_overlap_seconds', 2.0)} s (`separation_chunk_seconds`, "
+        "`separation_overlap_seconds` in hyperparams.yaml), each chunk's sources put in the "
+        "previous chunk's order by their correlation on the overlap: memory stays that of one "
+        "chunk, but a speaker silent throughout an overlap may change outputs there."
+        if chunk is not None
+        else "- Mixtures are separated in one pass: memory grows with their length (set "
+        "`separation_chunk_seconds` in hyperparams.yaml to bound it)."
+    )
     lines = [
         f"# {name}: SepFormer + WavLM speaker branch, trained jointly",
         "",
@@ -712,7 +734,10 @@ def joint_model_card(hparams, run_folder, checkpoint, metrics, name, source):
         f"- {hparams['num_spks']} sources per mixture; other rates and channel counts are "
         "converted on load.",
         "- Without `enrol`, each source is named by the closest training speaker, whoever it is: "
-        "read `score` before trusting a name.",
+        "read `score` before trusting a name. After `enrol`, an output whose best score is "
+        "below `enrol_threshold` (hyperparams.yaml, or `enrol(..., threshold=...)`) is named "
+        "`unknown`.",
+        chunking,
         "- Check the licences of the base models and the training data before redistributing.",
         "",
         "## References",
@@ -775,6 +800,12 @@ def export_joint(
                     "dual_path_layers",
                     "chunk_size",
                 )
+            },
+            # long mixtures are separated as the run's evaluation separated them
+            **{
+                k: hparams[k]
+                for k in ("separation_chunk_seconds", "separation_overlap_seconds")
+                if k in hparams
             },
         }
         merge_lora(encoder.backbone)  # built for this export alone

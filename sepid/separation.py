@@ -61,41 +61,63 @@ def load_separator(source, savedir, device="cpu"):
     return separator
 
 
+# >>> chunked separation: torch only (pretrained_interfaces/export.py copies this block into the
+# joint model's custom_interface.py, so an exported model chunks exactly as the evaluation does)
 def align_to(previous_tail, chunk_head):
-    """The order of the chunk's sources that best matches the previous chunk on their overlap
-    (two sources: keep or swap, by summed correlation)."""
-    if previous_tail.shape[1] != 2:
-        raise ValueError("Chunked separation supports two sources; don't chunk (chunk: null).")
-    keep = sum(float(torch.dot(previous_tail[:, i], chunk_head[:, i])) for i in range(2))
-    swap = sum(float(torch.dot(previous_tail[:, i], chunk_head[:, 1 - i])) for i in range(2))
-    return [0, 1] if keep >= swap else [1, 0]
+    """The order of the chunk's sources ``chunk_head [T, n]`` that best matches the previous
+    chunk's ``previous_tail [T, n]`` on their overlap: the permutation with the largest summed
+    correlation (identity on ties). A separator's output order is arbitrary per call."""
+    from itertools import permutations
+
+    n = previous_tail.shape[1]
+    if chunk_head.shape[1] != n:
+        raise ValueError(f"Chunks with {n} and {chunk_head.shape[1]} sources cannot be aligned.")
+    corr = (previous_tail.T.double() @ chunk_head.double()).cpu()  # [i, j]: <previous i, chunk j>
+    best = max(permutations(range(n)), key=lambda p: float(sum(corr[i, p[i]] for i in range(n))))
+    return list(best)
 
 
-def separate(separate_batch, mix, chunk_samples=None, overlap_samples=0):
-    """Separates ``mix [1, T]`` into ``[T, n_src]``. Mixtures longer than ``chunk_samples`` are
-    cut into overlapping chunks; each chunk's sources are reordered to match the previous chunk on
-    the overlap (a separator's output order is arbitrary per call) and cross-faded there."""
-    total = mix.shape[1]
+def separate_in_chunks(separate_batch, mixtures, chunk_samples=None, overlap_samples=0):
+    """Separates ``mixtures [B, T]`` into ``[B, T, n_src]`` with ``separate_batch`` (a
+    ``[B, t] -> [B, t, n_src]`` separator), in bounded memory: mixtures longer than
+    ``chunk_samples`` are cut into chunks overlapping by ``overlap_samples``; each chunk's sources
+    are reordered to match the previous chunk on the overlap (:func:`align_to`, per mixture) and
+    cross-faded there. Only the output ``[B, T, n_src]`` grows with ``T``."""
+    total = mixtures.shape[1]
     if chunk_samples is None or total <= chunk_samples:
-        return separate_batch(mix)[0]
+        return separate_batch(mixtures)
     if not 0 <= overlap_samples < chunk_samples:
-        raise ValueError("overlap must be shorter than the chunk")
+        raise ValueError(
+            f"The overlap ({overlap_samples} samples) must be shorter than the chunk "
+            f"({chunk_samples} samples)."
+        )
     hop = chunk_samples - overlap_samples
-    out = None
+    out, filled = None, 0
     for start in range(0, total, hop):
         stop = min(start + chunk_samples, total)
-        est = separate_batch(mix[:, start:stop])[0]
+        est = separate_batch(mixtures[:, start:stop])
         if out is None:
-            out = est
+            out = est.new_zeros(est.shape[0], total, est.shape[2])
+            out[:, :stop] = est
         else:
-            n = min(overlap_samples, out.shape[0] - start, est.shape[0])
-            est = est[:, align_to(out[start : start + n], est[:n])]
-            fade = torch.linspace(0.0, 1.0, n, device=est.device).unsqueeze(1)
-            out[start : start + n] = out[start : start + n] * (1 - fade) + est[:n] * fade
-            out = torch.cat([out, est[n:]], dim=0)
+            n = min(overlap_samples, filled - start, est.shape[1])
+            tails = out[:, start : start + n]
+            est = torch.stack([e[:, align_to(o, e[:n])] for o, e in zip(tails, est, strict=True)])
+            fade = torch.linspace(0.0, 1.0, n, device=est.device, dtype=est.dtype).unsqueeze(1)
+            out[:, start : start + n] = out[:, start : start + n] * (1 - fade) + est[:, :n] * fade
+            out[:, start + n : stop] = est[:, n:]
+        filled = stop
         if stop == total:
             break
     return out
+
+
+# <<< chunked separation
+
+
+def separate(separate_batch, mix, chunk_samples=None, overlap_samples=0):
+    """Separates one mixture ``mix [1, T]`` into ``[T, n_src]`` (:func:`separate_in_chunks`)."""
+    return separate_in_chunks(separate_batch, mix, chunk_samples, overlap_samples)[0]
 
 
 @dataclass

@@ -9,9 +9,16 @@ Separates a mixture and says, for each separated source, who it is::
         print(s.path, s.speaker, s.score)
     sep.enrol({"alice": ["alice1.wav", "alice2.wav"], "bob": ["bob.wav"]})  # name your speakers
 
+Mixtures longer than ``separation_chunk_seconds`` (hyperparams.yaml) are separated in chunks that
+overlap by ``separation_overlap_seconds``; each chunk's sources are put in the order of the
+previous chunk's by their correlation on the overlap and cross-faded there (the separation
+evaluation's chunking, ``sepid.separation.separate_in_chunks``), so memory does not grow with the
+length of the file. Each source's speaker embedding is computed in chunks of ``chunk_seconds``.
+
 Every exported folder carries this file with the speaker interface
-(``pretrained_interfaces/speaker/custom_interface.py``) inlined where the block below imports it
-(``export.py`` does that), so the folder depends on SpeechBrain, PyTorch and transformers only.
+(``pretrained_interfaces/speaker/custom_interface.py``) and the chunked separation inlined where
+the blocks below import them (``export.py`` does that), so the folder depends on SpeechBrain,
+PyTorch and transformers only.
 The class extends ``WavLMSpeakerInterface``: ``encode_file``, ``verify_files`` and
 ``classify_file`` use the jointly trained speaker branch.
 """
@@ -35,17 +42,22 @@ from pretrained_interfaces.speaker.custom_interface import (  # noqa: F401 (name
 )
 
 # <<< speaker interface
+# >>> chunked separation (export.py inlines sepid/separation.py's block here)
+from sepid.separation import separate_in_chunks
+
+# <<< chunked separation
 
 logger = logging.getLogger(__name__)
 
 JOINT_FILES = ("encoder.ckpt", "masknet.ckpt", "decoder.ckpt")
+UNKNOWN = "unknown"  # the name of an output no enrolled speaker scores enough for
 
 
 @dataclass
 class SeparatedSource:
     """One separated source: its signal ``[time]`` at ``sample_rate``, the speaker the model
-    names (an enrolled name after :meth:`SepformerSpeakerInterface.enrol`, else a training
-    speaker), the cosine ``score`` of that decision, the L2-normalised ``embedding`` and, when
+    names (an enrolled name after :meth:`SepformerSpeakerInterface.enrol`, or ``"unknown"``
+    below its threshold; else a training speaker), the cosine ``score`` of that decision, the L2-normalised ``embedding`` and, when
     written, its ``path``."""
 
     signal: torch.Tensor
@@ -64,16 +76,24 @@ class SepformerSpeakerInterface(WavLMSpeakerInterface):
     """Source separation with the speaker of each source.
 
     ``hyperparams.yaml`` provides the SepFormer (``encoder``, ``masknet``, ``decoder``) at
-    ``separator_sample_rate`` with ``num_spks`` outputs, and the speaker branch (``embedder``,
-    ``classifier``, ``label_encoder``) at ``sample_rate``.
+    ``separator_sample_rate`` with ``num_spks`` outputs, the chunking of long mixtures
+    (``separation_chunk_seconds``, ``separation_overlap_seconds``), the speaker branch
+    (``embedder``, ``classifier``, ``label_encoder``) at ``sample_rate`` and the default
+    ``enrol_threshold``.
     """
 
     MODULES_NEEDED = ["encoder", "masknet", "decoder", "embedder", "classifier"]
-    HPARAMS_NEEDED = WavLMSpeakerInterface.HPARAMS_NEEDED + ["separator_sample_rate", "num_spks"]
+    HPARAMS_NEEDED = WavLMSpeakerInterface.HPARAMS_NEEDED + [
+        "separator_sample_rate",
+        "num_spks",
+        "separation_chunk_seconds",
+        "separation_overlap_seconds",
+        "enrol_threshold",
+    ]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.enrolled = None  # (names, centroids [S, D]) after enrol()
+        self.enrolled = None  # (names, centroids [S, D], threshold or None) after enrol()
 
     @classmethod
     def from_hparams(cls, source, hparams_file="hyperparams.yaml", **kwargs):
@@ -98,33 +118,67 @@ class SepformerSpeakerInterface(WavLMSpeakerInterface):
         with torch.no_grad():
             return SepformerSeparation.separate_batch(self, mixtures.float())
 
-    def enrol(self, speakers):
+    def separate_chunked(self, mixtures):
+        """The sources ``[B, T, num_spks]`` of ``mixtures [B, T]``, as :meth:`separate_signals`
+        but in chunks of ``separation_chunk_seconds`` overlapping by
+        ``separation_overlap_seconds`` (source order aligned between chunks on the overlap): the
+        memory of one chunk whatever ``T``. Mixtures no longer than a chunk: one pass, the same
+        as :meth:`separate_signals`."""
+        if mixtures.dim() == 1:
+            mixtures = mixtures.unsqueeze(0)
+        rate = int(self.hparams.separator_sample_rate)
+        chunk = self.hparams.separation_chunk_seconds
+        overlap = self.hparams.separation_overlap_seconds or 0.0
+        return separate_in_chunks(
+            self.separate_signals,
+            mixtures,
+            None if chunk is None else int(round(chunk * rate)),
+            int(round(overlap * rate)),
+        )
+
+    def enrol(self, speakers, threshold=None):
         """Names outputs by your own speakers: ``{name: [audio files]}``; each name's centroid is
-        the mean of its files' normalised embeddings. Replaces any earlier enrolment and returns
-        ``{name: centroid}``; ``enrol(None)`` goes back to the training speakers."""
+        the mean of its files' normalised embeddings. An output whose best cosine score is below
+        ``threshold`` (default: ``enrol_threshold`` in hyperparams.yaml; ``None`` there: never)
+        is named ``"unknown"``. Replaces any earlier enrolment and returns ``{name: centroid}``;
+        ``enrol(None)`` goes back to the training speakers."""
         if speakers is None:
             self.enrolled = None
             return {}
         if not speakers or any(not files for files in speakers.values()):
             raise ValueError("enrol() takes {name: [audio files]} with at least one file each.")
+        if UNKNOWN in speakers:
+            raise ValueError(
+                f'"{UNKNOWN}" names outputs below the enrolment threshold; enrol that speaker '
+                "under another name."
+            )
+        if threshold is None:
+            threshold = self.hparams.enrol_threshold
         names = sorted(speakers)
         centroids = []
         for name in names:
             files = [speakers[name]] if isinstance(speakers[name], (str, Path)) else speakers[name]
             embs = torch.stack([self.encode_file(f) for f in files])
             centroids.append(F.normalize(embs.mean(0), dim=-1))
-        self.enrolled = (names, torch.stack(centroids))
-        logger.info("Enrolled %d speakers: %s", len(names), ", ".join(names))
+        self.enrolled = (names, torch.stack(centroids), threshold)
+        logger.info(
+            "Enrolled %d speakers: %s (unknown below %s)", len(names), ", ".join(names), threshold
+        )
         return dict(zip(names, centroids, strict=True))
 
     def identify(self, embeddings):
         """``(speakers, scores)`` for normalised ``embeddings [N, D]``: the closest enrolled
-        centroid (cosine) or, without enrolment, the classifier head's top training speaker."""
+        centroid (cosine; ``"unknown"`` when its score is below the enrolment threshold) or,
+        without enrolment, the classifier head's top training speaker."""
         if self.enrolled is not None:
-            names, centroids = self.enrolled
+            names, centroids, threshold = self.enrolled
             scores = embeddings @ centroids.to(embeddings.device).T
             best, index = scores.max(dim=-1)
-            return [names[int(i)] for i in index], best.tolist()
+            speakers = [
+                UNKNOWN if threshold is not None and float(b) < threshold else names[int(i)]
+                for b, i in zip(best, index, strict=True)
+            ]
+            return speakers, best.tolist()
         with torch.no_grad():
             scores = self.mods.classifier(embeddings.unsqueeze(1)).squeeze(1)
         best, index = scores.max(dim=-1)
@@ -132,9 +186,12 @@ class SepformerSpeakerInterface(WavLMSpeakerInterface):
         return [encoder.decode_ndim(int(i)) for i in index], best.tolist()
 
     def separate_batch(self, mixtures):
-        """Separates ``mixtures [B, T]`` (at ``separator_sample_rate``); for each mixture, the
-        list of its :class:`SeparatedSource` (signal, speaker, score, embedding)."""
-        sources = self.separate_signals(mixtures).cpu()
+        """Separates ``mixtures [B, T]`` (at ``separator_sample_rate``; long ones in chunks,
+        :meth:`separate_chunked`); for each mixture, the list of its :class:`SeparatedSource`
+        (signal, speaker, score, embedding: computed in chunks of ``chunk_seconds``)."""
+        if mixtures.dim() == 1:
+            mixtures = mixtures.unsqueeze(0)
+        sources = self.separate_chunked(mixtures).cpu()
         rate = int(self.hparams.separator_sample_rate)
         to_speaker = _resampler(rate, int(self.hparams.sample_rate))
         flat = sources.transpose(1, 2).reshape(-1, sources.shape[1])  # [B * n, T]
@@ -157,7 +214,8 @@ class SepformerSpeakerInterface(WavLMSpeakerInterface):
 
     def separate_file(self, path, save_folder=None):
         """Separates an audio file (any rate and channel count: downmixed, resampled to
-        ``separator_sample_rate``); with ``save_folder``, writes each source as
+        ``separator_sample_rate``; longer than ``separation_chunk_seconds``: in chunks, memory
+        bounded); with ``save_folder``, writes each source as
         ``<file stem>_<i>_<speaker>.wav`` there and sets its ``path``."""
         mixture = self.read_audio(path, sample_rate=self.hparams.separator_sample_rate)
         sources = self.separate_batch(mixture.unsqueeze(0))[0]

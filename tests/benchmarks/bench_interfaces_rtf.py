@@ -4,8 +4,17 @@ Usage (after ``bash run_demo.sh``, whose exports it loads by default)::
 
     python tests/benchmarks/bench_interfaces_rtf.py \\
         [--speaker results/demo-wavlm-lora-arcface/exported] \\
-        [--joint results/demo-sepformer-wavlm-speaker/exported] [--seconds 10 60] \\
-        [--out tests/benchmarks/results/interfaces_rtf.json]
+        [--joint results/demo-sepformer-wavlm-speaker/exported] [--seconds 10 60 120] \\
+        [--whole_max_seconds 60] [--out tests/benchmarks/results/interfaces_rtf.json]
+
+The two exports are what ``run_demo.sh`` writes; to build only them (no demo evaluation)::
+
+    python recipes/speaker/train.py hparams/demo/wavlm-lora-arcface.yaml
+    python pretrained_interfaces/export.py results/demo-wavlm-lora-arcface/1986 \\
+        --out results/demo-wavlm-lora-arcface/exported --overwrite
+    python recipes/joint/train.py hparams/demo/sepformer-wavlm-speaker.yaml
+    python pretrained_interfaces/export.py results/demo-sepformer-wavlm-speaker/1986 \\
+        --out results/demo-sepformer-wavlm-speaker/exported --overwrite
 
 For each length, a file of real speech (LibriSpeech test-other utterances, concatenated) and, for
 the joint model, a two-speaker mixture of such files at its rate, then, each in a fresh process:
@@ -13,13 +22,18 @@ the joint model, a two-speaker mixture of such files at its rate, then, each in 
 - speaker: ``encode_file(path)`` against the model forward on the same, already loaded tensor,
   both ways the model can see it: ``embed_in_chunks`` (what ``encode_file`` computes: chunks of
   ``chunk_seconds``) and one forward over the whole signal;
-- joint: ``separate_file(path)`` against ``separate_batch`` on the loaded tensor (separation and
-  the speaker of each output: the whole model, no file I/O, no writing).
+- joint: ``separate_file(path)`` against ``separate_batch`` on the loaded tensor (separation in
+  chunks of the export's ``separation_chunk_seconds``, aligned and cross-faded, and the speaker
+  of each output: the whole model, no file I/O, no writing), and against ``forward_whole``: the
+  same with one separator forward over the whole signal (``separation_chunk_seconds: null``, what
+  the interface did before it chunked; skipped above ``--whole_max_seconds``, its memory grows
+  with the square of the length).
 
 Times are the best of ``--repeats`` calls (``time.perf_counter``), as real-time factors (seconds
 of compute per second of audio); the ratio interface / forward is the interface's overhead.
 Memory: the growth of the process's peak RSS (``ru_maxrss``) over the loaded model during one
-interface call, per length (flat in length = bounded).
+interface call, per length (flat in length = bounded), and for the joint model's whole-signal
+forward, run last, the growth of the peak it reaches (0: no more than the interface's).
 """
 
 import argparse
@@ -68,7 +82,21 @@ def peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child(kind, folder, seconds, work, repeats):
+def without_chunking(model, fn):
+    """``fn`` with the joint model separating in one pass (``separation_chunk_seconds: null``)."""
+
+    def whole():
+        chunk = model.hparams.separation_chunk_seconds
+        model.hparams.separation_chunk_seconds = None
+        try:
+            return fn()
+        finally:
+            model.hparams.separation_chunk_seconds = chunk
+
+    return whole
+
+
+def child(kind, folder, seconds, work, repeats, whole_max_seconds):
     """(in a fresh process) one model, one length."""
     from speechbrain.inference.interfaces import foreign_class
 
@@ -105,7 +133,9 @@ def child(kind, folder, seconds, work, repeats):
         }
     else:
         interface_call = lambda: model.separate_file(str(path))  # noqa: E731
-        forwards = {"forward": lambda: model.separate_batch(wav)}
+        forwards = {"separate_batch": lambda: model.separate_batch(wav)}
+        if seconds <= whole_max_seconds:
+            forwards["forward_whole"] = without_chunking(model, lambda: model.separate_batch(wav))
     interface_call()  # warm-up (and the memory of one call)
     grown = peak_mib() - before
     result = {
@@ -115,11 +145,20 @@ def child(kind, folder, seconds, work, repeats):
         "interface_rtf": best_of(interface_call, repeats) / seconds,
         "interface_peak_rss_growth_mib": grown,
     }
+    if kind == "joint":
+        result["separation_chunk_seconds"] = model.hparams.separation_chunk_seconds
+        result["separation_overlap_seconds"] = model.hparams.separation_overlap_seconds
     for name, fn in forwards.items():
         fn()
         result[f"{name}_rtf"] = best_of(fn, repeats) / seconds
+        if name == "forward_whole":
+            result["forward_whole_peak_rss_growth_mib"] = peak_mib() - before
     first = next(iter(forwards))
     result["interface_over_forward"] = result["interface_rtf"] / result[f"{first}_rtf"]
+    if "forward_whole_rtf" in result:
+        result["interface_over_forward_whole"] = (
+            result["interface_rtf"] / result["forward_whole_rtf"]
+        )
     print(json.dumps(result))
 
 
@@ -127,7 +166,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--speaker", default=REPO / "results/demo-wavlm-lora-arcface/exported")
     parser.add_argument("--joint", default=REPO / "results/demo-sepformer-wavlm-speaker/exported")
-    parser.add_argument("--seconds", type=int, nargs="+", default=[10, 60])
+    parser.add_argument("--seconds", type=int, nargs="+", default=[10, 60, 120])
+    parser.add_argument(
+        "--whole_max_seconds",
+        type=int,
+        default=60,
+        help="longest file the joint model's whole-signal forward runs on (memory ~ length^2)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", default="/tmp/sepid-interfaces-rtf")
     parser.add_argument("--out", default=REPO / "tests/benchmarks/results/interfaces_rtf.json")
@@ -135,7 +180,7 @@ def main():
     args = parser.parse_args()
     if args.child:
         kind, folder, seconds = args.child
-        child(kind, folder, int(seconds), args.work, args.repeats)
+        child(kind, folder, int(seconds), args.work, args.repeats, args.whole_max_seconds)
         return
     Path(args.work).mkdir(parents=True, exist_ok=True)
     rows = []
@@ -143,7 +188,8 @@ def main():
         for seconds in args.seconds:
             out = subprocess.run(
                 [sys.executable, __file__, "--child", kind, str(folder), str(seconds)]
-                + ["--work", args.work, "--repeats", str(args.repeats)],
+                + ["--work", args.work, "--repeats", str(args.repeats)]
+                + ["--whole_max_seconds", str(args.whole_max_seconds)],
                 capture_output=True,
                 text=True,
                 check=True,

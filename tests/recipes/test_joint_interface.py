@@ -1,11 +1,17 @@
 """The joint model's way out of its experiment: a tiny joint run (the real recipes/joint/train.py,
 speaker branch from the session's exported speaker model) exported by the command its training
-logs (``pretrained_interfaces/export.py``; fixtures in conftest.py), loaded back with ``foreign_class`` / ``from_hparams``: the
-same separated signals and embeddings as the training modules, sources written and named."""
+logs (``pretrained_interfaces/export.py``; fixtures in conftest.py), loaded back with
+``foreign_class`` / ``from_hparams`` (locally and through a stand-in Hub on 127.0.0.1): the same
+separated signals and embeddings as the training modules, long files in aligned chunks, sources
+written and named."""
 
 import csv
+import hashlib
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,13 +23,16 @@ from speechbrain.inference.interfaces import foreign_class
 from pretrained_interfaces.export import export_joint, load_joint_run
 from pretrained_interfaces.sepformer_speaker.custom_interface import SepformerSpeakerInterface
 from sepid.models.joint import separate_with_modules
-from tests.helpers import CORPUS, held_out_test_mixtures
+from tests.helpers import CORPUS, ROOT, held_out_test_mixtures
+from tests.hub_server import HubServer
 
 # Exported vs training modules, float32 on CPU. The SepFormer modules are the same tensors, so its
 # outputs agree exactly (measured 0); the speaker branch computes W + BA once (merged) instead of
 # at every forward, so embeddings agree to rounding (as the speaker interface's round trip).
 SIGNAL_ATOL = 1e-6
 EMBEDDING_ATOL = 1e-5
+WHOLE = {"separation_chunk_seconds": None}  # one separator pass, however long the mixture
+TOKEN = "hf_standin_joint_secret_0123456789"
 
 
 def load(folder, **kwargs):
@@ -76,6 +85,7 @@ def test_training_logs_the_export_command_and_export_writes_a_folder(joint_run, 
     code = (exported / "custom_interface.py").read_text()
     # self-contained: the speaker interface inlined, nothing of this repository imported
     assert "class WavLMSpeakerEmbedder" in code
+    assert "def separate_in_chunks" in code  # sepid/separation.py's chunking, the one copy
     assert not re.search(r"^\s*(from|import) (pretrained_interfaces|sepid)\b", code, re.M)
     card = (exported / "README.md").read_text()
     assert "library_name: speechbrain" in card.split("---")[1]
@@ -87,8 +97,8 @@ def test_round_trip_gives_the_training_modules_outputs(joint_run, exported, mixt
     (best checkpoint, built independently of the export) and embed the sources alike."""
     run, _ = joint_run
     hparams, _ = load_joint_run(run, collect_in=tmp_path)
-    by_foreign = load(exported)
-    by_class = SepformerSpeakerInterface.from_hparams(source=str(exported))
+    by_foreign = load(exported, overrides=WHOLE)
+    by_class = SepformerSpeakerInterface.from_hparams(source=str(exported), overrides=WHOLE)
     mix = by_class.read_audio(mixture[0], sample_rate=8000).unsqueeze(0)
     assert mix.shape[1] > 8000  # seconds of real speech
     with torch.no_grad():
@@ -120,7 +130,7 @@ def test_separate_file_writes_named_sources(model, mixture, tmp_path):
     sources = model.separate_file(path, save_folder=out)
     assert len(sources) == 2 and len(list(out.iterdir())) == 2
     training_speakers = set(model.hparams.label_encoder.lab2ind)
-    expected = model.separate_signals(model.read_audio(path, sample_rate=8000).unsqueeze(0))[0]
+    expected = model.separate_chunked(model.read_audio(path, sample_rate=8000).unsqueeze(0))[0]
     for i, source in enumerate(sources):
         assert source.speaker in training_speakers  # no enrolment: the training speakers
         assert -1.0 - 1e-6 <= source.score <= 1.0 + 1e-6
@@ -175,6 +185,238 @@ def test_speaker_and_joint_models_load_in_one_process(exported, exported_speaker
     assert type(joint).__name__ == "SepformerSpeakerInterface"
     wav = sorted((CORPUS / "1688").rglob("*.flac"))[0]
     torch.testing.assert_close(speaker.encode_file(wav), again.encode_file(wav))
+
+
+# ------------------------------------------------------------------- long files ---
+def ncorr(a, b):
+    """Normalised correlation ``[i, j]`` of the columns of ``a [T, n]`` and ``b [T, m]``."""
+    a, b = a - a.mean(0), b - b.mean(0)
+    return (a.T @ b) / (a.norm(dim=0)[:, None] * b.norm(dim=0)[None] + 1e-12)
+
+
+def chunk_spans(total, chunk, overlap):
+    """The ``(start, stop)`` of what each chunk alone contributes (overlaps left out)."""
+    spans, hop, start = [], chunk - overlap, 0
+    while True:
+        stop = min(start + chunk, total)
+        spans.append((start + (overlap if start else 0), stop - (overlap if stop < total else 0)))
+        if stop == total:
+            return spans
+        start += hop
+
+
+def test_file_shorter_than_a_chunk_is_separated_whole(model, mixture, tmp_path):
+    """The export's chunk length (the run's separation_chunk_seconds) exceeds the file: one pass,
+    identical to the whole-signal forward, embeddings of the whole sources."""
+    rate = int(model.hparams.separator_sample_rate)
+    seconds = min(3.0, model.hparams.separation_chunk_seconds - 0.5)
+    mix = model.read_audio(mixture[0], sample_rate=rate)[: int(seconds * rate)]
+    path = tmp_path / "short.wav"
+    sf.write(path, mix.numpy(), rate, subtype="FLOAT")
+    whole = model.separate_signals(mix.unsqueeze(0))[0]
+    sources = model.separate_file(path)
+    expected_emb = model.encode_batch(_to_speaker_rate(model, whole.T))
+    for i, source in enumerate(sources):
+        assert torch.equal(source.signal, whole[:, i])
+        torch.testing.assert_close(source.embedding, expected_emb[i], atol=1e-6, rtol=0)
+
+
+def _to_speaker_rate(model, signals):
+    module = sys.modules[type(model).__module__]
+    rate = int(model.hparams.separator_sample_rate)
+    return module._resampler(rate, int(model.hparams.sample_rate))(signals)
+
+
+CHUNKED = {
+    "separation_chunk_seconds": 1.5,
+    "separation_overlap_seconds": 0.25,
+    "chunk_seconds": 1.0,  # the speaker branch's chunks
+}
+
+
+@pytest.fixture(scope="module")
+def chunked(exported):
+    """The exported model with short chunks, so a 5 s mixture spans several."""
+    return load(exported, overrides=CHUNKED)
+
+
+def swapping(separate_signals, calls):
+    """The real separator with its output order reversed on every other call, as a separator's
+    arbitrary order per call may come out; records each call's input length in ``calls``."""
+
+    def separate(mixtures):
+        calls.append(mixtures.shape[1])
+        sources = separate_signals(mixtures)
+        return sources.flip(-1) if len(calls) % 2 == 0 else sources
+
+    return separate
+
+
+def test_long_file_is_separated_in_aligned_chunks(chunked, mixture, monkeypatch):
+    """A file of several chunks: no separator call longer than a chunk, no embedder call longer
+    than ``chunk_seconds``, and each output follows the same source across every chunk boundary.
+    The tiny model does not separate speech yet (one epoch), so the sources it must follow are its
+    own outputs of the whole file (distinct: each chunk's output i correlates with whole output i
+    at ~0.95, with the other at ~0.25)."""
+    rate = int(chunked.hparams.separator_sample_rate)
+    chunk, overlap = int(1.5 * rate), int(0.25 * rate)
+    mix = chunked.read_audio(mixture[0], sample_rate=rate)
+    spans = chunk_spans(mix.shape[0], chunk, overlap)
+    assert len(spans) >= 3
+    whole = chunked.separate_signals(mix.unsqueeze(0))[0]
+    calls, embedder_inputs = [], []
+    monkeypatch.setattr(chunked, "separate_signals", swapping(chunked.separate_signals, calls))
+    hook = chunked.mods.embedder.register_forward_pre_hook(
+        lambda _, args: embedder_inputs.append(args[0].shape[1])
+    )
+    try:
+        sources = chunked.separate_file(mixture[0])
+    finally:
+        hook.remove()
+    assert len(calls) == len(spans) and max(calls) == chunk
+    # embed_in_chunks: chunks of chunk_seconds, a final one under half a chunk joins the last
+    assert embedder_inputs and max(embedder_inputs) < 1.5 * chunked.hparams.sample_rate
+    out = torch.stack([s.signal for s in sources], dim=1)
+    assert out.shape == whole.shape
+    for start, stop in spans:
+        corr = ncorr(out[start:stop], whole[start:stop])
+        assert corr.diagonal().min() > 0.6, (start, corr)
+        assert corr.diagonal().min() > corr.fliplr().diagonal().max() + 0.3, (start, corr)
+
+
+def test_alignment_undoes_a_separator_swapping_its_outputs(chunked, mixture, monkeypatch):
+    """The same chunks, the separator's output order reversed on every other call: the stitched
+    sources are exactly those of the unswapped separator. Without the alignment between chunks,
+    every other chunk would carry the other speaker."""
+    mix = chunked.read_audio(mixture[0], sample_rate=8000).unsqueeze(0)
+    expected = chunked.separate_chunked(mix)
+    calls = []
+    monkeypatch.setattr(chunked, "separate_signals", swapping(chunked.separate_signals, calls))
+    got = chunked.separate_chunked(mix)
+    assert len(calls) >= 3
+    assert torch.equal(got, expected)
+    # ... and a batch is aligned mixture by mixture (the second one reversed in time)
+    batch = torch.cat([mix, mix.flip(1)])
+    calls.clear()
+    got = chunked.separate_chunked(batch)
+    monkeypatch.undo()
+    # (a batch and a single mixture may round differently in the separator's matrix products)
+    torch.testing.assert_close(got[0], expected[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(got[1], chunked.separate_chunked(batch[1:])[0], atol=1e-5, rtol=0)
+
+
+def test_enrol_threshold_names_unknown_speakers(exported, mixture, tmp_path):
+    """Below the enrolment threshold an output is "unknown" (score still the best cosine): the
+    threshold defaults to hyperparams.yaml's enrol_threshold and enrol(threshold=) overrides it."""
+    path, speakers = mixture
+    enrolment = {
+        name: sorted((CORPUS / spk).rglob("*.flac"))[:2]
+        for name, spk in zip(("alice", "bob"), sorted(speakers), strict=True)
+    }
+    model = load(exported)
+    assert model.hparams.enrol_threshold is None  # the exported default: always a name
+    model.enrol(enrolment)
+    named = model.separate_file(path)
+    assert {s.speaker for s in named} <= {"alice", "bob"}
+    scores = sorted(s.score for s in named)
+    # a threshold between the two outputs' best scores: the lower one is unknown
+    middle = (scores[0] + scores[1]) / 2
+    model.enrol(enrolment, threshold=middle)
+    sources = model.separate_file(path, save_folder=tmp_path)
+    for source, before in zip(sources, named, strict=True):
+        assert source.score == pytest.approx(before.score, abs=1e-6)
+        expected = "unknown" if before.score < middle else before.speaker
+        assert source.speaker == expected
+        assert Path(source.path).name.endswith(f"_{expected}.wav")
+    assert sorted(s.speaker == "unknown" for s in sources) == [False, True]
+    # the default from hyperparams.yaml, overridden by enrol(threshold=)
+    strict = load(exported, overrides={"enrol_threshold": 1.01})
+    strict.enrol(enrolment)
+    assert all(s.speaker == "unknown" for s in strict.separate_file(path))
+    strict.enrol(enrolment, threshold=-1.01)
+    assert all(s.speaker in {"alice", "bob"} for s in strict.separate_file(path))
+    with pytest.raises(ValueError, match="unknown"):
+        model.enrol({"unknown": enrolment["alice"]})
+
+
+# --------------------------------------------------------------------------- Hub ---
+def listing(folder):
+    """name -> sha256 of every file under ``folder``."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_hub_round_trip_through_a_local_stand_in(joint_run, exported, mixture, tmp_path):
+    """export.py --push of the joint run to the stand-in Hub (HF_ENDPOINT), then foreign_class and
+    from_hparams with source="user/repo" into an empty cache: the same files, the same separated
+    signals, speakers and embeddings, the token in no output."""
+    run, _ = joint_run
+    path, _ = mixture
+    with HubServer(token=TOKEN) as hub:
+        env = {
+            **os.environ,
+            "HF_ENDPOINT": hub.url,
+            "HF_TOKEN": TOKEN,
+            "HF_HOME": str(tmp_path / "hf-push"),
+        }
+        out = tmp_path / "pushed"
+        cmd = ["pretrained_interfaces/export.py", str(run), "--out", str(out)]
+        push = subprocess.run(
+            [sys.executable, *cmd, "--push", "user/joint"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert push.returncode == 0, push.stderr[-3000:]
+        assert f"{hub.url}/user/joint/commit/" in push.stdout
+        files = hub.repos["user/joint"]["main"]
+        assert {k: hashlib.sha256(v).hexdigest() for k, v in files.items()} == listing(out)
+        assert listing(out) == listing(exported) | {"README.md": listing(out)["README.md"]}
+        assert 'source="user/joint"' in files["README.md"].decode()
+
+        code = (
+            "import sys, torch\n"
+            "from speechbrain.inference.interfaces import foreign_class\n"
+            "from pretrained_interfaces.sepformer_speaker.custom_interface import (\n"
+            "    SepformerSpeakerInterface)\n"
+            "by_foreign = foreign_class(source='user/joint', pymodule_file='custom_interface.py',\n"
+            "    classname='SepformerSpeakerInterface', savedir=sys.argv[1] + '/foreign')\n"
+            "by_class = SepformerSpeakerInterface.from_hparams(source='user/joint',\n"
+            "    savedir=sys.argv[1] + '/class')\n"
+            "got = {}\n"
+            "for name, m in (('foreign', by_foreign), ('class', by_class)):\n"
+            "    s = m.separate_file(sys.argv[2])\n"
+            "    got[name] = ([x.signal for x in s], [x.embedding for x in s],\n"
+            "                 [x.speaker for x in s])\n"
+            "torch.save(got, sys.argv[3])\n"
+        )
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-load")}
+        env.pop("HF_TOKEN", None)
+        result = tmp_path / "separated.pt"
+        load_proc = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path / "savedir"), str(path), str(result)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert load_proc.returncode == 0, load_proc.stderr[-3000:]
+        downloads = {
+            p.rsplit("/", 1)[1] for m, p, _ in hub.requests if m == "GET" and "/resolve/" in p
+        }
+        assert downloads >= {"hyperparams.yaml", "custom_interface.py", "masknet.ckpt"}
+    for text in (push.stdout, push.stderr, load_proc.stdout, load_proc.stderr):
+        assert TOKEN not in text
+    expected = load(exported).separate_file(path)
+    for signals, embeddings, speakers in torch.load(result).values():
+        assert speakers == [s.speaker for s in expected]
+        for i, source in enumerate(expected):
+            torch.testing.assert_close(signals[i], source.signal, atol=0, rtol=0)
+            torch.testing.assert_close(embeddings[i], source.embedding, atol=0, rtol=0)
 
 
 # ------------------------------------------------------------------------ errors ---
