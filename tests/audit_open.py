@@ -6,6 +6,10 @@ imports), and writes them, one per line, to the report file when it ends::
     python tests/audit_open.py REPORT recipes/speaker/train.py hparams/x.yaml --k=v ...
     python tests/audit_open.py REPORT -m sepid.tiny wavlm --out results/m
 
+or, for a program and every Python process it starts (the demo driver and its stages), with
+``tests/audit`` first on ``PYTHONPATH`` and ``SEPID_AUDIT_OPEN`` naming a folder: each process
+writes its report to ``<folder>/<pid>.txt`` (``tests/audit/sitecustomize.py``).
+
 Allowed: the repository (its ``.venv`` included), the Python installation the interpreter runs
 from (its standard library), ``/dev``, ``/proc`` and ``/sys``, and reading (not writing) the
 system fonts. Anything else (a home-folder cache, a system-wide data set, ``/tmp``) is reported. Opens done by C code that bypasses Python
@@ -36,8 +40,9 @@ def _writes(mode, flags):
     return bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND))
 
 
-def main():
-    report, script, *args = sys.argv[1:]
+def install(report):
+    """Records, from now on, every file this process opens outside the allowed folders, and
+    writes them to ``report`` (one per line) when the process ends."""
     outside = set()
 
     def hook(event, event_args):
@@ -59,16 +64,21 @@ def main():
             fout.write(text)
 
     atexit.register(write_report)
+    sys.addaudithook(hook)
+
+
+def main():
+    report, script, *args = sys.argv[1:]
     if script == "-m":  # python -m module args...
         module, *args = args
         sys.argv = [module, *args]
         sys.path[0] = os.getcwd()
-        sys.addaudithook(hook)
+        install(report)
         runpy.run_module(module, run_name="__main__", alter_sys=True)
         return
     sys.argv = [script, *args]
     sys.path[0] = str(Path(script).resolve().parent)
-    sys.addaudithook(hook)
+    install(report)
     runpy.run_path(script, run_name="__main__")
 
 
