@@ -79,7 +79,7 @@ if __name__ == "__main__":
                 f"{hparams['speaker_source']} runs at {speaker_model.hparams.sample_rate} Hz but "
                 f"speaker_sample_rate is {speaker_rate} in {hparams_file}."
             )
-        baseline_identifiers = {"finetuned": interface_identifier(speaker_model, enrol)}
+        baseline_identifiers = {hparams["speaker_tag"]: interface_identifier(speaker_model, enrol)}
     else:  # the joint branch started from the base model: that (LoRA off, no head) is the baseline
         baseline_identifiers = {
             "pretrained": module_identifier(encoder, enrol, chunk_seconds, speaker_rate)
@@ -88,8 +88,9 @@ if __name__ == "__main__":
         encoder, enrol, chunk_seconds, speaker_rate, classifier, label_encoder
     )
     modules = hparams["modules"]
+    separator_tag = hparams["separator_tag"]  # the baseline separator's name in the results
     systems = {
-        "pretrained separator": (baseline.separate_batch, baseline.mods, baseline_identifiers),
+        separator_tag: (baseline.separate_batch, baseline.mods, baseline_identifiers),
         "joint model": (
             partial(
                 separate_with_modules,
@@ -123,7 +124,7 @@ if __name__ == "__main__":
         command = " ".join(["python", *sys.argv])
         result = {"command": command, "hparams_file": hparams_file, "systems": reports}
         write_atomic(out / "metrics.json", json.dumps(result, indent=2))
-        summaries = {"mixture (unprocessed)": reports["pretrained separator"]["mixture"]}
+        summaries = {"mixture (unprocessed)": reports[separator_tag]["mixture"]}
         summaries.update({name: r["separation"] for name, r in reports.items()})
         speaker = {
             f"{system}: {model}": value
