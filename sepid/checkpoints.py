@@ -6,7 +6,8 @@ killed in between leaves a folder that ``recover_if_possible`` picks and then fa
 ``TypeError`` in ``ckpt_recency``; 0-byte ``.ckpt``: ``EOFError``; missing file: ``KeyError``),
 on every rerun, until the folder is deleted by hand.
 
-:class:`AtomicCheckpointer` changes two things and nothing else:
+:class:`AtomicCheckpointer` changes two things (and, under DDP, waits for the rename) and
+nothing else:
 
 - **Writing**: the meta file is written under a temporary name and renamed to ``CKPT.yaml`` only
   after every ``.ckpt`` file is written (a rename is atomic), so SpeechBrain never sees a folder
@@ -28,7 +29,7 @@ from pathlib import Path
 import torch
 import yaml
 from speechbrain.utils.checkpoints import CKPT_PREFIX, METAFNAME, PARAMFILE_EXT, Checkpointer
-from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.distributed import ddp_barrier, if_main_process
 from speechbrain.utils.logger import get_logger
 
 logger = get_logger(__name__)
@@ -103,6 +104,12 @@ class AtomicCheckpointer(Checkpointer):
             self._being_written = None
         if checkpoint is not None:  # the main process: publish the folder
             os.replace(checkpoint.path / PENDING_META, checkpoint.path / METAFNAME)
+        # Under DDP every rank waits for it: the other ranks return from SpeechBrain's save as
+        # soon as the main process has written the last file, and a rank that lists the
+        # checkpoints before the rename misses this one. save_and_keep_only would then prune a
+        # different set on each rank, and each deletion is a collective (SpeechBrain's
+        # main_process_only broadcasts): the ranks wait on different collectives forever.
+        ddp_barrier()
         return checkpoint
 
     def _save_checkpoint_metafile(self, fpath, meta_to_include={}, end_of_epoch=True):  # noqa: B006
