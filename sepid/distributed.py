@@ -6,7 +6,7 @@ global numbers. Without DDP they return their input.
 """
 
 import torch
-from speechbrain.utils.distributed import ddp_all_reduce
+from speechbrain.utils.distributed import ddp_all_reduce, run_on_main
 
 
 def global_mean(value, count):
@@ -36,3 +36,21 @@ def shard(keys):
         return list(keys)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     return list(keys)[rank::world]
+
+
+def load_on_every_rank(loader, **kwargs):
+    """``loader(**kwargs)`` on every rank, the files fetched by the main process first.
+
+    SpeechBrain's ``fetch`` links a local source's files into ``savedir`` by removing then
+    re-creating each link, so ranks fetching into the same ``savedir`` at once can remove a
+    link another rank is about to read (or find it re-created: ``FileExistsError``); once the
+    files are there, every rank takes them as they are. The main process's first load is
+    dropped: ``run_on_main`` broadcasts what its function returns, and a model loaded through
+    ``foreign_class`` does not even pickle."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+
+        def fetch(**where):
+            loader(**where)
+
+        run_on_main(fetch, kwargs=kwargs)
+    return loader(**kwargs)

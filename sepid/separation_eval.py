@@ -94,7 +94,10 @@ class SeparationEvalBrain(sb.Brain):
         self.items = []
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        items = [i for part in gather_objects(self.items) for i in part]
+        # Every rank's share, in mixture-ID order: the rows and the sums over them (hence the
+        # metrics files, to the bit) do not depend on how the mixtures were sharded.
+        gathered = [i for part in gather_objects(self.items) for i in part]
+        items = sorted(gathered, key=lambda i: i["ID"])
         if not if_main_process():
             return
         self.report = score_items(

@@ -36,6 +36,7 @@ from pathlib import Path
 from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
 
+from sepid.distributed import load_on_every_rank
 from sepid.experiment import start_experiment
 from sepid.manifest import write_atomic
 from sepid.separation import interface_identifier, load_separator
@@ -50,13 +51,21 @@ logger = get_logger(__name__)
 if __name__ == "__main__":
     hparams_file, run_opts, overrides, hparams = start_experiment(sys.argv[1:])
     device = run_opts.get("device", "cpu")
-    separator = load_separator(hparams["separator_source"], hparams["separator_savedir"], device)
+    separator = load_on_every_rank(
+        load_separator,
+        source=hparams["separator_source"],
+        savedir=hparams["separator_savedir"],
+        device=device,
+    )
     separator_rate = int(separator.hparams.sample_rate)
 
     identifiers, speaker_rate = {}, None
     if hparams["speaker_source"] is not None:
-        model = load_speaker_interface(
-            hparams["speaker_source"], hparams["speaker_savedir"], device=device
+        model = load_on_every_rank(
+            load_speaker_interface,
+            source=hparams["speaker_source"],
+            savedir=hparams["speaker_savedir"],
+            device=device,
         )
         speaker_rate = int(model.hparams.sample_rate)
         enrol = enrolment_signals(hparams, speaker_rate)
