@@ -13,7 +13,8 @@ Mixtures longer than ``separation_chunk_seconds`` (hyperparams.yaml) are separat
 overlap by ``separation_overlap_seconds``; each chunk's sources are put in the order of the
 previous chunk's by their correlation on the overlap and cross-faded there (the separation
 evaluation's chunking, ``sepid.separation.separate_in_chunks``), so memory does not grow with the
-length of the file. Each source's speaker embedding is computed in chunks of ``chunk_seconds``.
+length of the file. Each source is resampled to the speaker branch's rate in pieces
+(:func:`resample_in_pieces`) and embedded in chunks of ``chunk_seconds``.
 
 Every exported folder carries this file with the speaker interface
 (``pretrained_interfaces/speaker/custom_interface.py``) and the chunked separation inlined where
@@ -24,6 +25,7 @@ The class extends ``WavLMSpeakerInterface``: ``encode_file``, ``verify_files`` a
 """
 
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +68,33 @@ class SeparatedSource:
     score: float
     embedding: torch.Tensor
     path: str = None
+
+
+def resample_in_pieces(signals, orig_freq, new_freq, piece_samples):
+    """``signals [N, T]`` resampled from ``orig_freq`` to ``new_freq`` as the speaker interface's
+    resampler does (``torchaudio.transforms.Resample``), but ``piece_samples`` at a time: each
+    piece is resampled with the filter's width of real signal on both sides and trimmed, so the
+    output is the whole signal's, while the convolution's temporaries (about 15 copies of its
+    input for 8 to 16 kHz) stay those of one piece."""
+    resampler = _resampler(int(orig_freq), int(new_freq))
+    total = signals.shape[1]
+    if orig_freq == new_freq or total <= 2 * piece_samples:
+        return resampler(signals)
+    gcd = math.gcd(int(orig_freq), int(new_freq))
+    step, out_step = int(orig_freq) // gcd, int(new_freq) // gcd  # output frames: out_step each
+    piece = max(step, piece_samples // step * step)
+    context = -(-(resampler.width + step) // step) * step  # >= the filter's reach, whole frames
+    length = -(-out_step * total // step)
+    out = signals.new_empty(signals.shape[0], length)
+    for start in range(0, total, piece):
+        stop = min(start + piece, total)
+        lo = max(0, start - context)
+        part = resampler(signals[:, lo : min(total, stop + context)])
+        first = start // step * out_step
+        last = length if stop == total else stop // step * out_step
+        skip = first - lo // step * out_step
+        out[:, first:last] = part[:, skip : skip + last - first]
+    return out
 
 
 def _safe_name(text):
@@ -193,9 +222,10 @@ class SepformerSpeakerInterface(WavLMSpeakerInterface):
             mixtures = mixtures.unsqueeze(0)
         sources = self.separate_chunked(mixtures).cpu()
         rate = int(self.hparams.separator_sample_rate)
-        to_speaker = _resampler(rate, int(self.hparams.sample_rate))
         flat = sources.transpose(1, 2).reshape(-1, sources.shape[1])  # [B * n, T]
-        embeddings = self.encode_batch(to_speaker(flat))
+        piece = int(self.hparams.chunk_seconds * rate)  # embedded in chunks of that length too
+        flat = resample_in_pieces(flat, rate, int(self.hparams.sample_rate), piece)
+        embeddings = self.encode_batch(flat)
         speakers, scores = self.identify(embeddings)
         n = sources.shape[-1]
         return [

@@ -29,11 +29,12 @@ the joint model, a two-speaker mixture of such files at its rate, then, each in 
   the interface did before it chunked; skipped above ``--whole_max_seconds``, its memory grows
   with the square of the length).
 
-Times are the best of ``--repeats`` calls (``time.perf_counter``), as real-time factors (seconds
-of compute per second of audio); the ratio interface / forward is the interface's overhead.
+Times are the best of ``--repeats`` calls (``time.perf_counter``; the interface and the forwards
+called in turn, round after round), as real-time factors (seconds of compute per second of
+audio); the ratio interface / forward is the interface's overhead.
 Memory: the growth of the process's peak RSS (``ru_maxrss``) over the loaded model during one
-interface call, per length (flat in length = bounded), and for the joint model's whole-signal
-forward, run last, the growth of the peak it reaches (0: no more than the interface's).
+interface call, per length (flat in length = bounded), and for the whole-signal forward, run
+last, the growth of the peak it reaches (no more than the interface's: the interface's value).
 """
 
 import argparse
@@ -69,13 +70,17 @@ def speech(seconds, rate, offset=0):
     return np.concatenate(parts)[: seconds * rate]
 
 
-def best_of(fn, repeats):
-    times = []
+def best_of(fns, repeats):
+    """The best time of each of ``fns`` (name -> callable) over ``repeats`` rounds, the calls
+    interleaved (one of each per round) so that a load that comes and goes on a shared machine
+    falls on all of them alike."""
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: min(t) for name, t in times.items()}
 
 
 def peak_mib():
@@ -142,17 +147,18 @@ def child(kind, folder, seconds, work, repeats, whole_max_seconds):
         "kind": kind,
         "seconds": seconds,
         "sample_rate": rate,
-        "interface_rtf": best_of(interface_call, repeats) / seconds,
         "interface_peak_rss_growth_mib": grown,
     }
     if kind == "joint":
         result["separation_chunk_seconds"] = model.hparams.separation_chunk_seconds
         result["separation_overlap_seconds"] = model.hparams.separation_overlap_seconds
     for name, fn in forwards.items():
-        fn()
-        result[f"{name}_rtf"] = best_of(fn, repeats) / seconds
+        fn()  # warm-up
         if name == "forward_whole":
             result["forward_whole_peak_rss_growth_mib"] = peak_mib() - before
+    best = best_of({"interface": interface_call, **forwards}, repeats)
+    for name, seconds_taken in best.items():
+        result[f"{name}_rtf"] = seconds_taken / seconds
     first = next(iter(forwards))
     result["interface_over_forward"] = result["interface_rtf"] / result[f"{first}_rtf"]
     if "forward_whole_rtf" in result:

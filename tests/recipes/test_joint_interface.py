@@ -21,7 +21,11 @@ import torch.nn.functional as F
 from speechbrain.inference.interfaces import foreign_class
 
 from pretrained_interfaces.export import export_joint, load_joint_run
-from pretrained_interfaces.sepformer_speaker.custom_interface import SepformerSpeakerInterface
+from pretrained_interfaces.sepformer_speaker.custom_interface import (
+    SepformerSpeakerInterface,
+    _resampler,
+    resample_in_pieces,
+)
 from sepid.models.joint import separate_with_modules
 from tests.helpers import CORPUS, ROOT, held_out_test_mixtures
 from tests.hub_server import HubServer
@@ -227,6 +231,19 @@ def _to_speaker_rate(model, signals):
     return module._resampler(rate, int(model.hparams.sample_rate))(signals)
 
 
+@pytest.mark.parametrize("rates", [(8000, 16000), (16000, 8000), (44100, 16000), (11025, 16000)])
+def test_resampling_in_pieces_is_resampling_whole(rates):
+    """The separated sources go to the speaker branch's rate a piece at a time (the resampler's
+    convolution unfolds its input ~15x): with the filter's context on both sides the result is
+    the whole signal's, exactly, whatever the rates and the length."""
+    orig, new = rates
+    torch.manual_seed(0)
+    for length in (orig // 2, 5 * orig + 17, 13 * orig + 3):
+        signals = torch.randn(3, length)
+        got = resample_in_pieces(signals, orig, new, piece_samples=2 * orig)
+        assert torch.equal(got, _resampler(orig, new)(signals))
+
+
 CHUNKED = {
     "separation_chunk_seconds": 1.5,
     "separation_overlap_seconds": 0.25,
@@ -278,6 +295,10 @@ def test_long_file_is_separated_in_aligned_chunks(chunked, mixture, monkeypatch)
     assert embedder_inputs and max(embedder_inputs) < 1.5 * chunked.hparams.sample_rate
     out = torch.stack([s.signal for s in sources], dim=1)
     assert out.shape == whole.shape
+    # the sources resampled to 16 kHz in pieces are the whole sources resampled: same embeddings
+    expected_emb = chunked.encode_batch(_to_speaker_rate(chunked, out.T))
+    for i, source in enumerate(sources):
+        torch.testing.assert_close(source.embedding, expected_emb[i], atol=1e-6, rtol=0)
     for start, stop in spans:
         corr = ncorr(out[start:stop], whole[start:stop])
         assert corr.diagonal().min() > 0.6, (start, corr)
