@@ -45,13 +45,12 @@ import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import (
     if_main_process,
-    is_distributed_initialized,
     run_on_main,
 )
 from speechbrain.utils.logger import get_logger
 
 from sepid.dataio import full_pipeline, load_label_encoder
-from sepid.distributed import gather_objects, shard
+from sepid.distributed import gather_objects, load_on_every_rank, shard
 from sepid.experiment import start_experiment
 from sepid.manifest import write_atomic
 from sepid.models.speaker import embed_in_chunks, set_classifier_outputs
@@ -240,16 +239,10 @@ if __name__ == "__main__":
             label_encoder=label_encoder,
         )
 
-    def load_on_every_rank(loader, where):
-        """``loader(**where)``; under DDP the files are fetched by one process first."""
-        if is_distributed_initialized():
-            run_on_main(loader, kwargs=where)
-        return loader(**where)
-
     def exported_model():
         source = hparams["speaker_source"]
         where = {"source": source, "savedir": savedir / "speaker_source", "device": brain.device}
-        interface = load_on_every_rank(load_speaker_interface, where)
+        interface = load_on_every_rank(load_speaker_interface, **where)
         logger.info("Evaluating the exported speaker model %s", source)
         return SpeakerModel(
             "exported",
@@ -262,7 +255,7 @@ if __name__ == "__main__":
     def baseline_model():
         source = hparams["baseline_source"]
         where = {"source": source, "savedir": savedir / "baseline", "device": brain.device}
-        interface = load_on_every_rank(load_encoder_classifier, where)
+        interface = load_on_every_rank(load_encoder_classifier, **where)
         logger.info("Evaluating the baseline %s (%s)", source, type(interface).__name__)
         return SpeakerModel(
             "baseline",

@@ -25,3 +25,21 @@ def test_torchrun_two_processes_train_and_evaluate(tmp_path):
     # a single-process rerun finds every embedding in the cache the two ranks wrote
     log = run_script(["recipes/speaker/evaluate.py", *common[:1], common[2]])
     assert "75 utterances, 75 cached, 0 to embed" in log
+
+
+def test_torchrun_evaluates_an_exported_speaker_model(tmp_path, exported_speaker):
+    """--speaker_source under torchrun: one process fetches the export, then every rank loads it
+    (a model loaded with foreign_class does not pickle, so it cannot be broadcast)."""
+    ddp = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    run_script(
+        [
+            *ddp,
+            "recipes/speaker/evaluate.py",
+            "hparams/demo/wavlm-lora-arcface.yaml",
+            "--distributed_backend=gloo",
+            f"--output_folder={tmp_path}",
+            f"--speaker_source={exported_speaker}",
+        ]
+    )
+    result = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert result["models"]["exported"]["verification"]["cosine"]["n_target"] > 0
