@@ -52,7 +52,7 @@ def install(report):
         if isinstance(path, int) or path is None:  # an already open descriptor
             return
         path = os.path.realpath(os.fsdecode(path))
-        if path.startswith(ALLOWED):
+        if path.startswith(ALLOWED) or path == str(ROOT):  # the repository's folder itself
             return
         if path.startswith(READ_ONLY) and not _writes(event_args[1], event_args[2] or 0):
             return

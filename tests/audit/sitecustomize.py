@@ -13,3 +13,14 @@ if os.environ.get("SEPID_AUDIT_OPEN"):
     _audit = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(_audit)
     _audit.install(os.path.join(os.environ["SEPID_AUDIT_OPEN"], f"{os.getpid()}.txt"))
+
+    def _write_command():
+        import sys
+
+        path = os.path.join(os.environ["SEPID_AUDIT_OPEN"], f"{os.getpid()}.cmd")
+        with open(path, "w", encoding="utf-8") as fout:  # which process a report is from
+            fout.write(" ".join(sys.argv) + "\n")
+
+    import atexit
+
+    atexit.register(_write_command)

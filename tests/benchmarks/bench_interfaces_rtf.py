@@ -1,20 +1,15 @@
 """Real-time factor and memory of the pretrained interfaces against the pure model forward.
 
-Usage (after ``bash run_demo.sh``, whose exports it loads by default)::
+Usage (after ``python recipes/demo/run.py --until joint-export``, whose exports it loads by
+default)::
 
     python tests/benchmarks/bench_interfaces_rtf.py \\
-        [--speaker results/demo-wavlm-lora-arcface/exported] \\
-        [--joint results/demo-sepformer-wavlm-speaker/exported] [--seconds 10 60 120] \\
-        [--whole_max_seconds 60] [--out tests/benchmarks/results/interfaces_rtf.json]
+        [--speaker results/demo/speaker-export] [--joint results/demo/joint-export] \\
+        [--seconds 10 60 120] [--whole_max_seconds 60] \\
+        [--out tests/benchmarks/results/interfaces_rtf.json]
 
-The two exports are what ``run_demo.sh`` writes; to build only them (no demo evaluation)::
-
-    python recipes/speaker/train.py hparams/demo/wavlm-lora-arcface.yaml
-    python pretrained_interfaces/export.py results/demo-wavlm-lora-arcface/1986 \\
-        --out results/demo-wavlm-lora-arcface/exported --overwrite
-    python recipes/joint/train.py hparams/demo/sepformer-wavlm-speaker.yaml
-    python pretrained_interfaces/export.py results/demo-sepformer-wavlm-speaker/1986 \\
-        --out results/demo-sepformer-wavlm-speaker/exported --overwrite
+The committed result was measured on the exports of the previous demo configuration (a 2-layer,
+32-wide WavLM and a 16-channel SepFormer, joint chunks of 4 s overlapping by 0.5 s).
 
 For each length, a file of real speech (LibriSpeech test-other utterances, concatenated) and, for
 the joint model, a two-speaker mixture of such files at its rate, then, each in a fresh process:
@@ -170,8 +165,8 @@ def child(kind, folder, seconds, work, repeats, whole_max_seconds):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--speaker", default=REPO / "results/demo-wavlm-lora-arcface/exported")
-    parser.add_argument("--joint", default=REPO / "results/demo-sepformer-wavlm-speaker/exported")
+    parser.add_argument("--speaker", default=REPO / "results/demo/speaker-export")
+    parser.add_argument("--joint", default=REPO / "results/demo/joint-export")
     parser.add_argument("--seconds", type=int, nargs="+", default=[10, 60, 120])
     parser.add_argument(
         "--whole_max_seconds",
