@@ -25,9 +25,10 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from speechbrain.utils.distributed import if_main_process
+from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 
+from sepid.distributed import load_on_every_rank
 from sepid.experiment import start_experiment
 from sepid.manifest import write_atomic
 from sepid.models.joint import separate_with_modules
@@ -49,7 +50,8 @@ if __name__ == "__main__":
     device = run_opts.get("device", "cpu")
     # The joint model: the YAML's modules as training initialised them, then its best checkpoint
     # by validation SI-SNRi (the checkpoint holds what trained: LoRA, heads, the separator).
-    hparams["pretrainer"].collect_files()
+    # Files fetched by the main process first (ranks fetching into one folder at once race).
+    run_on_main(hparams["pretrainer"].collect_files)
     hparams["pretrainer"].load_collected()
     label_encoder = prepare_speaker_branch(hparams)
     checkpoint = hparams["checkpointer"].recover_if_possible(max_key="si_snri")
@@ -60,7 +62,12 @@ if __name__ == "__main__":
         )
     rate, speaker_rate = hparams["sample_rate"], hparams["speaker_sample_rate"]
     # The baselines: the pretrained separator and the speaker model, untouched.
-    baseline = load_separator(hparams["separator_source"], hparams["separator_savedir"], device)
+    baseline = load_on_every_rank(
+        load_separator,
+        source=hparams["separator_source"],
+        savedir=hparams["separator_savedir"],
+        device=device,
+    )
     if int(baseline.hparams.sample_rate) != rate:
         raise ValueError(
             f"{hparams['separator_source']} runs at {baseline.hparams.sample_rate} Hz but "
@@ -71,8 +78,11 @@ if __name__ == "__main__":
     classifier = hparams["classifier"].to(device).eval()
     chunk_seconds = hparams["speaker_chunk_seconds"]
     if hparams["speaker_source"] is not None:
-        speaker_model = load_speaker_interface(
-            hparams["speaker_source"], hparams["speaker_savedir"], device=device
+        speaker_model = load_on_every_rank(
+            load_speaker_interface,
+            source=hparams["speaker_source"],
+            savedir=hparams["speaker_savedir"],
+            device=device,
         )
         if int(speaker_model.hparams.sample_rate) != speaker_rate:
             raise ValueError(
