@@ -11,7 +11,7 @@ Layouts (auto-detected):
 Utterance IDs are the path relative to ``data_folder`` without extension, ``/`` replaced by
 ``--``: ``1688/1688-142285-0000.flac`` -> ``1688--1688-142285-0000``.
 
-The verification list is balanced and seeded (see :func:`sepid.prep.generate_trials`): every
+The verification list is balanced and seeded (see :func:`sepid.data.prep.generate_trials`): every
 utterance of the trial speakers is enrolment of up to ``trials_per_utterance`` (default 5)
 target trials and as many non-target trials; duplicates (either order) and self-trials are
 never drawn; the larger class is subsampled to the size of the smaller; ``n_trials`` caps the
@@ -19,7 +19,7 @@ total. ``trial_speakers=None`` writes no trial list. Trial speakers may overlap 
 speakers (closed-set verification); pass disjoint ``speakers`` and ``trial_speakers`` for an
 open-set protocol.
 
-Outputs, splits, speaker selection and bad-file handling: see :mod:`sepid.prep`.
+Outputs, splits, speaker selection and bad-file handling: see :mod:`sepid.data.prep`.
 
 Example::
 
@@ -32,8 +32,8 @@ import logging
 import os
 from pathlib import Path
 
-from sepid.manifest import prep_is_done
-from sepid.prep import (
+from sepid.data.manifest import prep_is_done
+from sepid.data.prep import (
     AUDIO_CHECKS_VERSION,
     Utterance,
     build_manifests,
@@ -68,7 +68,7 @@ def list_folder(data_folder, extensions=(".wav", ".flac")):
     Returns
     -------
     utterances : dict
-        ID -> :class:`sepid.prep.Utterance`.
+        ID -> :class:`sepid.data.prep.Utterance`.
     flat : bool
         Whether the flat layout was detected.
     """
@@ -150,7 +150,7 @@ def prepare_folder(
         Fraction of each speaker's non-test utterances used for validation.
     valid_segment_seconds : float
         Held-out validation segment (seconds) of each speaker left with no validation
-        utterance (see :mod:`sepid.prep`); 0: such speakers are not validated.
+        utterance (see :mod:`sepid.data.prep`); 0: such speakers are not validated.
     min_duration : float
         Shorter files are left out everywhere, trials included (logged).
     n_trials : int, optional

@@ -7,8 +7,8 @@ Reads a manifest written by ``data_prep/*.py`` (columns ``ID, duration, wav, spk
 - ``<save_folder>/<split>/{mix,s1,s2}/<ID>.wav``: 32-bit float WAV (no quantisation, so
   ``mix == s1 + s2`` holds in the files to float32 precision), at the corpus's sample rate (that
   of its first file, sorted by utterance ID) or ``sample_rate``; sources at other rates are
-  resampled through :func:`sepid.audio.read_audio`. IDs are ``<split>_<index:06d>``;
-- ``<save_folder>/<split>.csv``, columns :data:`sepid.mixtures.MIXTURE_COLUMNS`:
+  resampled through :func:`sepid.data.audio.read_audio`. IDs are ``<split>_<index:06d>``;
+- ``<save_folder>/<split>.csv``, columns :data:`sepid.data.mixtures.MIXTURE_COLUMNS`:
   ``ID, duration, mix_wav, s1_wav, s2_wav, s1_spk, s2_spk, s1_class, s2_class, gain_db, s1_utt,
   s2_utt``; paths as ``$data_root/<split>/mix/<ID>.wav`` (``save_folder`` is the data root of
   the mixture corpus), ``duration`` in seconds, ``s*_utt`` the manifest IDs of the sources;
@@ -19,13 +19,13 @@ speakers; ``s*_class`` index these lists) and ``prep_options.json``.
 Speaker splits (disjoint; by default the first 50 speakers in sorted order for train, the next
 50 for test, and valid mixtures from held-out utterances of the train speakers), speaker
 classes, levels (``gain_db``, ``loudness``), ``length_mode`` and the no-clipping rule: see
-:mod:`sepid.mixtures`.
+:mod:`sepid.data.mixtures`.
 
 Each mixture pairs utterances of two different speakers, drawn with
 ``numpy.random.default_rng([seed, split index])`` (train 0, valid 1, test 2): the same options
 give byte-identical CSVs and audio. Utterances shorter than ``min_duration`` are not used
 (counted in the log); a draw whose mixture would be shorter than ``min_duration`` or whose source
-is silent is drawn again, at most :data:`sepid.mixtures.MAX_ATTEMPTS` times, then an error.
+is silent is drawn again, at most :data:`sepid.data.mixtures.MAX_ATTEMPTS` times, then an error.
 
 Commit order and reruns: each split's audio is written first (every file atomically: a hidden
 ``.<name>.XXXXXXXX.tmp`` file, then a rename), then its CSV (atomically, the commit point of the
@@ -33,7 +33,7 @@ split), then ``speakers.json``, ``prep_options.json`` last. What a rerun into th
 ``save_folder`` does depends on the options of the run that wrote it (its ``prep_options.json``,
 or the in-progress marker of an interrupted run):
 
-- same options: skipped when complete (:func:`sepid.manifest.prep_is_done`); otherwise resumed:
+- same options: skipped when complete (:func:`sepid.data.manifest.prep_is_done`); otherwise resumed:
   the splits whose CSV was written are kept, the others made (the draws are deterministic, so
   the result is that of an uninterrupted run). Hidden temporary files that an interrupted run
   left (only this tool's own names, ``.<split>_<index>.wav.XXXXXXXX.tmp`` in
@@ -73,9 +73,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sepid.audio import read_audio
-from sepid.experiment import LOCK_NAME, guard_output_folder
-from sepid.manifest import (
+from sepid.data.audio import read_audio
+from sepid.data.manifest import (
     PREP_OPTIONS_FILE,
     prep_is_done,
     relative_to_root,
@@ -83,7 +82,7 @@ from sepid.manifest import (
     write_atomic,
     write_csv,
 )
-from sepid.mixtures import (
+from sepid.data.mixtures import (
     DEFAULT_N_MIX,
     DEFAULT_SPLIT_SPEAKERS,
     LENGTH_MODES,
@@ -100,7 +99,8 @@ from sepid.mixtures import (
     split_speaker_pools,
     write_float_wav,
 )
-from sepid.prep import file_fingerprint, parse_speakers_arg, speakers_option
+from sepid.data.prep import file_fingerprint, parse_speakers_arg, speakers_option
+from sepid.training.experiment import LOCK_NAME, guard_output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ FORMAT_VERSION = 1
 SPEAKERS_JSON = "speakers.json"
 IN_PROGRESS = ".make_mixtures_in_progress.json"
 AUDIO_KINDS = ("mix", "s1", "s2")
-# The temporary files of sepid.manifest.write_atomic and sepid.mixtures.write_float_wav
+# The temporary files of sepid.data.manifest.write_atomic and sepid.data.mixtures.write_float_wav
 # (tempfile.mkstemp: prefix ".<name>.", 8 random characters of [a-z0-9_], suffix ".tmp"), for the
 # names this tool writes: only these are removed as leftovers of an interrupted run.
 _RANDOM = r"\.[a-z0-9_]{8}\.tmp"
@@ -162,7 +162,7 @@ def check_save_folder(save_folder, overwrite=False):
     save_folder = Path(save_folder)
     if save_folder.exists() and not save_folder.is_dir():
         raise NotADirectoryError(f"save_folder {save_folder} exists and is not a folder.")
-    # the run lock (sepid.experiment.guard_output_folder) is not content
+    # the run lock (sepid.training.experiment.guard_output_folder) is not content
     if not save_folder.is_dir() or all(p.name == LOCK_NAME for p in save_folder.iterdir()):
         return True
     if _owned(save_folder):
@@ -390,7 +390,7 @@ def make_mixtures(
         Mixtures per split, default ``{"train": 1000, "valid": 100, "test": 200}``; splits
         missing from a given dict get none.
     split_speakers : dict, optional
-        Speakers per split (int, list, comma string or file; see :mod:`sepid.mixtures`);
+        Speakers per split (int, list, comma string or file; see :mod:`sepid.data.mixtures`);
         missing keys default to ``{"train": 50, "valid": 0, "test": 50}``.
     sample_rate : int, optional
         Output rate; None: the corpus's own.

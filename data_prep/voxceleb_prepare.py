@@ -20,7 +20,7 @@ standard list stays comparable); ``exclude_verification_speakers=True`` removes 
 speakers from train / valid / identification (with ``speakers=N``, the first N speakers not in
 the trial list are taken).
 
-Outputs, splits, speaker selection and bad-file handling: see :mod:`sepid.prep`.
+Outputs, splits, speaker selection and bad-file handling: see :mod:`sepid.data.prep`.
 
 Example::
 
@@ -36,9 +36,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from sepid.audio import AudioError
-from sepid.manifest import prep_is_done
-from sepid.prep import (
+from sepid.data.audio import AudioError
+from sepid.data.manifest import prep_is_done
+from sepid.data.prep import (
     AUDIO_CHECKS_VERSION,
     Utterance,
     build_manifests,
@@ -269,7 +269,7 @@ def prepare_voxceleb(
         Fraction of each speaker's non-test utterances used for validation.
     valid_segment_seconds : float
         Held-out validation segment (seconds) of each speaker left with no validation
-        utterance (see :mod:`sepid.prep`); 0: such speakers are not validated.
+        utterance (see :mod:`sepid.data.prep`); 0: such speakers are not validated.
     min_duration : float
         Shorter files are left out of train / valid / identification (logged).
     skip_bad_files : bool

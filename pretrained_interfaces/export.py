@@ -20,7 +20,7 @@ model instead (:func:`export_joint`): ``encoder.ckpt``, ``masknet.ckpt``, ``deco
 SepFormer), ``embedder.ckpt`` (the speaker branch, LoRA merged), ``classifier.ckpt``,
 ``label_encoder.ckpt``, ``hyperparams.yaml`` (pretrained_interfaces/sepformer_speaker/, with the
 run's chunking of long mixtures), ``custom_interface.py`` (``SepformerSpeakerInterface``, the
-speaker interface's code and ``sepid/separation.py``'s chunked separation inlined) and the model
+speaker interface's code and ``sepid/separation/separator.py``'s chunked separation inlined) and the model
 card.
 
 The folder is written next to ``--out`` under a temporary name, loaded back and checked against
@@ -122,7 +122,7 @@ def load_run(run_folder, min_key="error_rate"):
     from speechbrain.dataio.encoder import CategoricalEncoder
     from speechbrain.utils.checkpoints import Checkpointer
 
-    from sepid.models.speaker import set_classifier_outputs
+    from sepid.speaker.encoder import set_classifier_outputs
 
     run_folder, yaml_file, _, label_file = _check_run_folder(run_folder)
     with open(yaml_file, encoding="utf-8") as f:
@@ -485,7 +485,7 @@ def export_speaker(
     check_seconds : float
         Length of the random signal the exported model is checked on against the checkpoint.
     """
-    from sepid.models.lora import merge_lora
+    from sepid.speaker.lora import merge_lora
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
@@ -585,7 +585,7 @@ JOINT_DIR = Path(__file__).resolve().parent / "sepformer_speaker"
 JOINT_CLASS = "SepformerSpeakerInterface"
 SPEAKER_BLOCK = re.compile(r"^# >>> speaker interface.*?^# <<< speaker interface\n", re.M | re.S)
 CHUNK_BLOCK = re.compile(r"^# >>> chunked separation.*?^# <<< chunked separation\n", re.M | re.S)
-CHUNK_SOURCE = Path(__file__).resolve().parents[1] / "sepid" / "separation.py"
+CHUNK_SOURCE = Path(__file__).resolve().parents[1] / "sepid" / "separation" / "separator.py"
 SEPARATOR_FILES = {
     "encoder": "separator_encoder",
     "masknet": "masknet",
@@ -597,7 +597,7 @@ SEPARATION_ATOL = 1e-5
 
 def joint_interface_source():
     """The joint ``custom_interface.py`` as exported: the speaker interface's code and the
-    chunked separation (the ``# >>> chunked separation`` block of ``sepid/separation.py``, torch
+    chunked separation (the ``# >>> chunked separation`` block of ``sepid/separation/separator.py``, torch
     only) inlined where the repository's file imports them, so the folder needs no other file of
     this project."""
     text = (JOINT_DIR / INTERFACE_FILE).read_text(encoding="utf-8")
@@ -629,7 +629,7 @@ def load_joint_run(run_folder, max_key="si_snri", collect_in=None):
     from hyperpyyaml import load_hyperpyyaml
     from speechbrain.utils.checkpoints import Checkpointer
 
-    from sepid.speaker_source import prepare_speaker_branch
+    from sepid.speaker.source import prepare_speaker_branch
 
     run_folder, yaml_file, _ = _check_output_folder(run_folder, "recipes/joint/train.py")
     with open(yaml_file, encoding="utf-8") as f:
@@ -756,8 +756,8 @@ def export_joint(
     SepFormer, the speaker branch with its LoRA merged, the label encoder,
     ``SepformerSpeakerInterface``; returns its path. Loaded back and checked against the
     checkpoint (separated signals and embeddings) before it appears at ``out``."""
-    from sepid.models.joint import separate_with_modules
-    from sepid.models.lora import merge_lora
+    from sepid.joint import separate_with_modules
+    from sepid.speaker.lora import merge_lora
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:

@@ -12,7 +12,7 @@ Separates a mixture and says, for each separated source, who it is::
 Mixtures longer than ``separation_chunk_seconds`` (hyperparams.yaml) are separated in chunks that
 overlap by ``separation_overlap_seconds``; each chunk's sources are put in the order of the
 previous chunk's by their correlation on the overlap and cross-faded there (the separation
-evaluation's chunking, ``sepid.separation.separate_in_chunks``), so memory does not grow with the
+evaluation's chunking, ``sepid.separation.separator.separate_in_chunks``), so memory does not grow with the
 length of the file. Each source is resampled to the speaker branch's rate in pieces
 (:func:`resample_in_pieces`) and embedded in chunks of ``chunk_seconds``.
 
@@ -44,8 +44,8 @@ from pretrained_interfaces.speaker.custom_interface import (  # noqa: F401 (name
 )
 
 # <<< speaker interface
-# >>> chunked separation (export.py inlines sepid/separation.py's block here)
-from sepid.separation import separate_in_chunks
+# >>> chunked separation (export.py inlines sepid/separation/separator.py's block here)
+from sepid.separation.separator import separate_in_chunks
 
 # <<< chunked separation
 

@@ -12,8 +12,8 @@ never on this project's ``sepid`` package. Load an exported folder or Hub repo w
 or, with this module imported, ``WavLMSpeakerInterface.from_hparams(source="user/repo")``.
 
 The embedding network (:class:`WavLMSpeakerEmbedder`) computes exactly what the training encoder
-(``sepid.models.speaker.WavLMSpeakerEncoder``) computes, and :func:`embed_in_chunks` is the
-evaluation recipe's chunking (``sepid.models.speaker.embed_in_chunks``); the round-trip tests pin
+(``sepid.speaker.encoder.WavLMSpeakerEncoder``) computes, and :func:`embed_in_chunks` is the
+evaluation recipe's chunking (``sepid.speaker.encoder.embed_in_chunks``); the round-trip tests pin
 both to the training code. The WavLM backbone is built from its config (no download) and gets its
 weights from the ``Pretrainer``: merged LoRA weights (the default export), or the base model's
 weights plus the LoRA adapters (``export.py --adapters``).
@@ -42,7 +42,7 @@ POOLINGS = ("mean", "attentive")
 
 
 class LoRAParametrization(nn.Module):
-    """``W -> W + B A * alpha / r`` (inference form of ``sepid.models.lora``: same tensors, same
+    """``W -> W + B A * alpha / r`` (inference form of ``sepid.speaker.lora``: same tensors, same
     state-dict keys, no dropout)."""
 
     def __init__(self, out_features, in_features, rank, alpha):

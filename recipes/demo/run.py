@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from summary import write_summary  # noqa: E402  (recipes/demo/summary.py)
 
-from sepid.overrides import override_args, read_overrides  # noqa: E402
+from sepid.training.overrides import override_args, read_overrides  # noqa: E402
 
 DEMO = "hparams/demo"
 SAMPLES = "tests/samples/librispeech-mini"

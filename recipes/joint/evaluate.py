@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compares the pretrained separator + the speaker recipe's model with the jointly trained model.
 
-Both systems are scored by the separation evaluation (``sepid.separation_eval``, the same code as
+Both systems are scored by the separation evaluation (``sepid.separation.evaluation``, the same code as
 ``recipes/separation/evaluate.py``) on the same written test mixtures: SI-SDR/SI-SDRi, SDR/SIR/SAR
 and SDRi (BSS-eval, both estimates against both references), PESQ, STOI, all at the separator's
 rate, plus speaker identification of each separated output (by enrolment centroid and by the
@@ -28,15 +28,15 @@ import torch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 from speechbrain.utils.logger import get_logger
 
-from sepid.distributed import load_on_every_rank
-from sepid.experiment import start_experiment
-from sepid.manifest import write_atomic
-from sepid.models.joint import separate_with_modules
-from sepid.separation import interface_identifier, load_separator, module_identifier
-from sepid.separation_data import enrolment_signals, log_rates, mixture_dataset
-from sepid.separation_eval import SeparationEvalBrain
-from sepid.speaker_source import load_speaker_interface, prepare_speaker_branch
-from sepid.tables import separation_results_table
+from sepid.data.manifest import write_atomic
+from sepid.joint import separate_with_modules
+from sepid.report.tables import separation_results_table
+from sepid.separation.data import enrolment_signals, log_rates, mixture_dataset
+from sepid.separation.evaluation import SeparationEvalBrain
+from sepid.separation.separator import interface_identifier, load_separator, module_identifier
+from sepid.speaker.source import load_speaker_interface, prepare_speaker_branch
+from sepid.training.distributed import load_on_every_rank
+from sepid.training.experiment import start_experiment
 
 logger = get_logger(__name__)
 SEPARATOR_MODULES = ("separator_encoder", "masknet", "separator_decoder")

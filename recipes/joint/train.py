@@ -8,7 +8,7 @@ the speaker loss reaches the separator. Mixtures are drawn on the fly (dynamic m
 same speed perturbation applied to both sources before mixing. Gradient accumulation, clipping,
 mixed precision are the Brain's own (``grad_accumulation_factor``, ``max_grad_norm``,
 ``precision``); a step whose loss or gradients are not finite is skipped and counted, and a
-non-finite validation is never checkpointed (``sepid.training.FiniteBrain``).
+non-finite validation is never checkpointed (``sepid.training.brain.FiniteBrain``).
 
 The speaker branch starts from an exported speaker model (``--speaker_source``: a folder written
 by ``pretrained_interfaces/export.py`` or its Hub id), loaded into the YAML's modules by the
@@ -34,16 +34,16 @@ import torch
 from speechbrain.utils.distributed import run_on_main
 from speechbrain.utils.logger import get_logger
 
-from sepid.distributed import global_mean
-from sepid.experiment import start_experiment
-from sepid.manifest import read_csv
-from sepid.mixtures import DynamicMixingDataset, mixture_collate
-from sepid.models.joint import output_labels, pit_si_snr_loss, separate_with_modules
-from sepid.models.speaker import log_trainable_parameters
-from sepid.prep import UTT_COLUMNS
-from sepid.separation_data import written_mixture_dataset
-from sepid.speaker_source import prepare_speaker_branch
-from sepid.training import FiniteBrain, check_trainable_data
+from sepid.data.manifest import read_csv
+from sepid.data.mixtures import DynamicMixingDataset, mixture_collate
+from sepid.data.prep import UTT_COLUMNS
+from sepid.joint import output_labels, pit_si_snr_loss, separate_with_modules
+from sepid.separation.data import written_mixture_dataset
+from sepid.speaker.encoder import log_trainable_parameters
+from sepid.speaker.source import prepare_speaker_branch
+from sepid.training.brain import FiniteBrain, check_trainable_data
+from sepid.training.distributed import global_mean
+from sepid.training.experiment import start_experiment
 
 logger = get_logger(__name__)
 

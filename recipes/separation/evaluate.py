@@ -36,14 +36,14 @@ from pathlib import Path
 from speechbrain.utils.distributed import if_main_process
 from speechbrain.utils.logger import get_logger
 
-from sepid.distributed import load_on_every_rank
-from sepid.experiment import start_experiment
-from sepid.manifest import write_atomic
-from sepid.separation import interface_identifier, load_separator
-from sepid.separation_data import enrolment_signals, log_rates, mixture_dataset
-from sepid.separation_eval import SeparationEvalBrain
-from sepid.speaker_source import load_speaker_interface
-from sepid.tables import separation_results_table
+from sepid.data.manifest import write_atomic
+from sepid.report.tables import separation_results_table
+from sepid.separation.data import enrolment_signals, log_rates, mixture_dataset
+from sepid.separation.evaluation import SeparationEvalBrain
+from sepid.separation.separator import interface_identifier, load_separator
+from sepid.speaker.source import load_speaker_interface
+from sepid.training.distributed import load_on_every_rank
+from sepid.training.experiment import start_experiment
 
 logger = get_logger(__name__)
 

@@ -49,13 +49,11 @@ from speechbrain.utils.distributed import (
 )
 from speechbrain.utils.logger import get_logger
 
-from sepid.dataio import full_pipeline, load_label_encoder
-from sepid.distributed import gather_objects, load_on_every_rank, shard
-from sepid.experiment import start_experiment
-from sepid.manifest import write_atomic
-from sepid.models.speaker import embed_in_chunks, set_classifier_outputs
-from sepid.scoring import EmbeddingTable
-from sepid.speaker_eval import (
+from sepid.data.dataio import full_pipeline, load_label_encoder
+from sepid.data.manifest import write_atomic
+from sepid.report.tables import speaker_results_table
+from sepid.speaker.encoder import embed_in_chunks, set_classifier_outputs
+from sepid.speaker.evaluation import (
     IdentificationSet,
     SpeakerModel,
     VerificationSet,
@@ -70,7 +68,9 @@ from sepid.speaker_eval import (
     verification_report,
     write_trial_scores,
 )
-from sepid.tables import speaker_results_table
+from sepid.speaker.scoring import EmbeddingTable
+from sepid.training.distributed import gather_objects, load_on_every_rank, shard
+from sepid.training.experiment import start_experiment
 
 logger = get_logger(__name__)
 

@@ -29,12 +29,12 @@ import torch
 from speechbrain.utils.distributed import run_on_main
 from speechbrain.utils.logger import get_logger
 
-from sepid.dataio import speaker_train_datasets
-from sepid.distributed import global_mean
-from sepid.experiment import start_experiment
-from sepid.models.speaker import log_trainable_parameters, set_classifier_outputs
-from sepid.schedules import optimizer_steps_per_epoch
-from sepid.training import FiniteBrain, check_trainable_data
+from sepid.data.dataio import speaker_train_datasets
+from sepid.speaker.encoder import log_trainable_parameters, set_classifier_outputs
+from sepid.training.brain import FiniteBrain, check_trainable_data
+from sepid.training.distributed import global_mean
+from sepid.training.experiment import start_experiment
+from sepid.training.schedules import optimizer_steps_per_epoch
 
 logger = get_logger(__name__)
 

@@ -44,7 +44,7 @@ from ruamel import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from sepid.overrides import override_args  # noqa: E402
+from sepid.training.overrides import override_args  # noqa: E402
 from tests.benchmarks.bench_demo_speaker import make_dev_split  # noqa: E402
 
 CORPUS = "tests/samples/librispeech-mini/train-clean-100"

@@ -30,7 +30,7 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from sepid.overrides import override_args  # noqa: E402
+from sepid.training.overrides import override_args  # noqa: E402
 
 CORPUS = ROOT / "tests/samples/librispeech-mini/train-clean-100"
 YAML = "hparams/wavlm-lora-arcface.yaml"

@@ -32,7 +32,7 @@ from speechbrain.lobes.models.ECAPA_TDNN import Classifier
 from speechbrain.nnet.losses import AdditiveAngularMargin, LogSoftmaxWrapper
 from transformers import WavLMConfig, WavLMModel
 
-from sepid.models.speaker import WavLMSpeakerEncoder
+from sepid.speaker.encoder import WavLMSpeakerEncoder
 from sepid.tiny import SEPFORMER_WHAMR_SIZE, TINY_SEPFORMER, TINY_SEPFORMER_YAML, save_tiny_wavlm
 
 CONFIGS = {

@@ -95,7 +95,7 @@ def run_prep(root, trials):
 
 def run_planning(root, n_mix):
     """(in a child process) make_mixtures' planning: speaker pools and n_mix draws."""
-    from sepid.mixtures import draw_levels, draw_pair, split_speaker_pools
+    from sepid.data.mixtures import draw_levels, draw_pair, split_speaker_pools
 
     start = time.perf_counter()
     pools, _ = split_speaker_pools(
@@ -117,7 +117,7 @@ def child(task, root, n):
         seconds = run_prep(root, root / "veri_trials.txt")
     elif task == "imports":  # the resident memory of the imports alone, for comparison
         import data_prep.voxceleb_prepare  # noqa: F401
-        import sepid.mixtures  # noqa: F401
+        import sepid.data.mixtures  # noqa: F401
 
         seconds = 0.0
     else:

@@ -1,4 +1,4 @@
-"""Benchmark of the separation metric stage: naive mir_eval pipeline vs sepid.metrics.separation.
+"""Benchmark of the separation metric stage: naive mir_eval pipeline vs sepid.separation.metrics.
 
 Usage::
 
@@ -31,7 +31,7 @@ best of ``--repeats`` interleaved runs: ours (``sdr_improvement(..., backend="fa
 ``fast_bss_eval.numpy.square_cosine_metrics`` call on ``[estimates; mixture]``), two
 ``fast_bss_eval`` ``bss_eval_sources`` calls (estimates, then the mixture copies) and, with
 ``--solver_commit REV``, the exact one-pass Cholesky solver that ``sepid/metrics/separation.py``
-held at ``REV`` (loaded with ``git show``; issue 12 kept it only if at least 2x faster than
+held at ``REV`` (before issue 12 moved the module to ``sepid/separation/metrics.py``) (loaded with ``git show``; issue 12 kept it only if at least 2x faster than
 ``fast_bss_eval`` on the same inputs: it was 1.5x, so the one-call path replaced it), each
 with its largest difference to mir_eval.
 """
@@ -52,7 +52,7 @@ import soundfile as sf
 from bench_common import REPO, machine_info, write_result
 from scipy.signal import resample_poly
 
-from sepid.metrics.separation import (
+from sepid.separation.metrics import (
     blas_threads_limited,
     bss_eval,
     evaluate_many,
@@ -139,7 +139,8 @@ def naive_stage(items):
 
 
 def _solver_at(commit):
-    """``sepid/metrics/separation.py`` as it was at ``commit`` (a module, loaded from git)."""
+    """``sepid/metrics/separation.py`` (the module's path until issue 12's reorganisation) as it
+    was at ``commit`` (a module, loaded from git)."""
     source = subprocess.run(
         ["git", "show", f"{commit}:sepid/metrics/separation.py"],
         cwd=REPO,
@@ -201,7 +202,7 @@ def main(argv=None):
     parser.add_argument(
         "--solver_commit",
         default=None,
-        help="also time the exact one-pass solver of sepid/metrics/separation.py at this commit",
+        help="also time the exact one-pass solver of sepid/separation/metrics.py at this commit",
     )
     args = parser.parse_args(argv)
     machine = machine_info()  # load average before the run

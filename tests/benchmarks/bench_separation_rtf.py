@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from bench_common import REPO, write_result  # sibling module (the script folder is on sys.path)
 
-from sepid.separation import load_separator
+from sepid.separation.separator import load_separator
 from sepid.tiny import SEPFORMER_WHAMR_SIZE, save_tiny_sepformer
 
 

@@ -23,11 +23,11 @@ import torch
 from bench_common import REPO, load_script, write_result
 
 from data_prep.folder_prepare import prepare_folder
-from sepid.audio import read_audio
-from sepid.metrics.verification import verification_metrics
-from sepid.models.speaker import WavLMSpeakerEncoder, embed_in_chunks
-from sepid.scoring import cosine_scores
-from sepid.speaker_eval import VerificationSet, unique_utterances
+from sepid.data.audio import read_audio
+from sepid.speaker.encoder import WavLMSpeakerEncoder, embed_in_chunks
+from sepid.speaker.evaluation import VerificationSet, unique_utterances
+from sepid.speaker.metrics import verification_metrics
+from sepid.speaker.scoring import cosine_scores
 from sepid.tiny import save_tiny_wavlm
 
 

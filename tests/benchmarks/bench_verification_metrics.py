@@ -1,4 +1,4 @@
-"""Benchmark of sepid.metrics.verification against SpeechBrain's EER / minDCF.
+"""Benchmark of sepid.speaker.metrics against SpeechBrain's EER / minDCF.
 
 Usage::
 
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from bench_common import REPO, write_result  # sibling module (the script folder is on sys.path)
 
-from sepid.metrics.verification import (
+from sepid.speaker.metrics import (
     eer,
     min_dcf,
     verification_metrics,

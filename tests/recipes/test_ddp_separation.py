@@ -118,7 +118,7 @@ def test_joint_validation_is_reduced_across_ranks_before_checkpointing(joint_ran
     """Each rank ends validation with its own numbers; the logged metrics and the checkpoints'
     ``si_snri`` are the global means, and the checkpoints kept (2, by ``si_snri``) are the
     global best, written once, by the main process. (Without the barrier in
-    ``sepid.checkpoints.AtomicCheckpointer.save_checkpoint`` the third save could hang here: the
+    ``sepid.training.checkpoints.AtomicCheckpointer.save_checkpoint`` the third save could hang here: the
     ranks pruned different lists.)"""
     import yaml
 
@@ -154,9 +154,9 @@ def record_ranks(out, argv):
     from speechbrain import Stage
     from speechbrain.utils.distributed import run_on_main
 
-    from sepid.experiment import start_experiment
-    from sepid.mixtures import mixture_collate
-    from sepid.speaker_source import prepare_speaker_branch
+    from sepid.data.mixtures import mixture_collate
+    from sepid.speaker.source import prepare_speaker_branch
+    from sepid.training.experiment import start_experiment
     from tests.recipes.test_joint_recipe import load_recipe
 
     recipe = load_recipe()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sepid.manifest import read_csv
-from sepid.overrides import override_args
+from sepid.data.manifest import read_csv
+from sepid.training.overrides import override_args
 
 ROOT = Path(__file__).resolve().parents[2]
 YAML = "hparams/wavlm-lora-arcface.yaml"

@@ -26,7 +26,7 @@ from pretrained_interfaces.sepformer_speaker.custom_interface import (
     _resampler,
     resample_in_pieces,
 )
-from sepid.models.joint import separate_with_modules
+from sepid.joint import separate_with_modules
 from tests.helpers import CORPUS, ROOT, held_out_test_mixtures
 from tests.hub_server import HubServer
 
@@ -89,7 +89,9 @@ def test_training_logs_the_export_command_and_export_writes_a_folder(joint_run, 
     code = (exported / "custom_interface.py").read_text()
     # self-contained: the speaker interface inlined, nothing of this repository imported
     assert "class WavLMSpeakerEmbedder" in code
-    assert "def separate_in_chunks" in code  # sepid/separation.py's chunking, the one copy
+    assert (
+        "def separate_in_chunks" in code
+    )  # sepid/separation/separator.py's chunking, the one copy
     assert not re.search(r"^\s*(from|import) (pretrained_interfaces|sepid)\b", code, re.M)
     card = (exported / "README.md").read_text()
     assert "library_name: speechbrain" in card.split("---")[1]

@@ -19,8 +19,8 @@ from speechbrain.inference.interfaces import foreign_class
 
 from data_prep.make_mixtures import make_mixtures
 from pretrained_interfaces.export import export_speaker
-from sepid.mixtures import mixture_collate
-from sepid.speaker_source import check_source, prepare_speaker_branch
+from sepid.data.mixtures import mixture_collate
+from sepid.speaker.source import check_source, prepare_speaker_branch
 from tests.helpers import CORPUS, held_out_test_mixtures, run_script
 
 ROOT = Path(__file__).resolve().parents[2]

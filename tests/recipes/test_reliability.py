@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sepid.experiment import LOCK_NAME
+from sepid.training.experiment import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
 YAML = "hparams/demo/wavlm-lora-arcface.yaml"
@@ -25,7 +25,7 @@ def fails(*args):
 
 
 HOLD_LOCK = (
-    "import sys; from sepid.experiment import lock_output_folder; "
+    "import sys; from sepid.training.experiment import lock_output_folder; "
     "lock_output_folder(sys.argv[1]); print('locked', flush=True); sys.stdin.read()"
 )
 

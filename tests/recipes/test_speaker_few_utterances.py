@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 
 from pretrained_interfaces.export import export_speaker, load_run
-from sepid.manifest import read_csv
+from sepid.data.manifest import read_csv
 from tests.helpers import CORPUS, run_script
 
 YAML = "hparams/demo/wavlm-lora-arcface.yaml"

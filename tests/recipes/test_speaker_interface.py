@@ -27,7 +27,7 @@ from pretrained_interfaces.export import (
     push_folder,
 )
 from pretrained_interfaces.speaker.custom_interface import WavLMSpeakerInterface
-from sepid.models.speaker import embed_in_chunks
+from sepid.speaker.encoder import embed_in_chunks
 from tests.helpers import CORPUS, ROOT, run_script
 from tests.hub_server import HubServer
 

@@ -1,4 +1,4 @@
-"""Tests of sepid.audio: downmix, resampling, and clear errors on bad files."""
+"""Tests of sepid.data.audio: downmix, resampling, and clear errors on bad files."""
 
 from pathlib import Path
 
@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from sepid.audio import (
+from sepid.data.audio import (
     SILENT_PEAK,
     AudioError,
     audio_info,

@@ -1,4 +1,4 @@
-"""Tests of the data prep scripts (VoxCeleb layout, generic folders) and sepid.prep."""
+"""Tests of the data prep scripts (VoxCeleb layout, generic folders) and sepid.data.prep."""
 
 import csv
 import logging
@@ -18,8 +18,8 @@ from data_prep import voxceleb_prepare
 from data_prep.folder_prepare import prepare_folder
 from data_prep.voxceleb_prepare import main as voxceleb_main
 from data_prep.voxceleb_prepare import prepare_voxceleb
-from sepid.manifest import read_csv, write_csv
-from sepid.prep import (
+from sepid.data.manifest import read_csv, write_csv
+from sepid.data.prep import (
     SEGMENT_COLUMNS,
     TRIAL_COLUMNS,
     UTT_COLUMNS,
@@ -593,7 +593,7 @@ def test_folder_needs_two_trial_speakers(tmp_path):
         prepare_folder(LIBRI, tmp_path / "s", trial_speakers=["1688"])
 
 
-# ---------------------------------------------------------------------------------- sepid.prep
+# ---------------------------------------------------------------------------------- sepid.data.prep
 
 
 def test_split_rule_small_speakers(caplog):
@@ -691,7 +691,7 @@ def test_folder_prepare_one_utterance_per_speaker_validates_on_held_out_segments
 
 
 def test_segment_pipelines_stay_inside_the_segment(tmp_path):
-    from sepid.dataio import random_crop_pipeline, segment_pipeline
+    from sepid.data.dataio import random_crop_pipeline, segment_pipeline
 
     wav = tmp_path / "ramp.wav"
     sf.write(wav, np.arange(4 * RATE, dtype=np.float32) / (4 * RATE), RATE, subtype="FLOAT")

@@ -3,7 +3,7 @@
 
 import pytest
 
-from sepid.experiment import check_override_types, ensure_writable, plain_values
+from sepid.training.experiment import check_override_types, ensure_writable, plain_values
 
 YAML_TEXT = """
 seed: 3

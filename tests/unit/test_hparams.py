@@ -8,8 +8,8 @@ import pytest
 import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 
-from sepid.overrides import override_args
 from sepid.tiny import build_tiny_wavlm, save_tiny_wavlm
+from sepid.training.overrides import override_args
 
 ROOT = Path(__file__).resolve().parents[2]
 # Not experiments: the demo's overrides of a real YAML, and tiny model sizes (tested below).
@@ -31,18 +31,21 @@ SCRIPTS = {
         "hparams/wavlm-lora-arcface.yaml",
         "hparams/demo/wavlm-lora-arcface.yaml",
     ],
-    "sepid/dataio.py": ["hparams/wavlm-lora-arcface.yaml", "hparams/demo/wavlm-lora-arcface.yaml"],
+    "sepid/data/dataio.py": [
+        "hparams/wavlm-lora-arcface.yaml",
+        "hparams/demo/wavlm-lora-arcface.yaml",
+    ],
     "recipes/separation/evaluate.py": [
         "hparams/separation-eval.yaml",
         "hparams/demo/separation-eval.yaml",
     ],
-    "sepid/separation_data.py": [
+    "sepid/separation/data.py": [
         "hparams/separation-eval.yaml",
         "hparams/demo/separation-eval.yaml",
     ],
     "recipes/joint/train.py": JOINT_YAMLS,
     "recipes/joint/evaluate.py": JOINT_YAMLS,
-    "sepid/speaker_source.py": JOINT_YAMLS,
+    "sepid/speaker/source.py": JOINT_YAMLS,
 }
 KEY_PATTERNS = (
     re.compile(r"hparams\[\"(\w+)\"\]"),

@@ -2,7 +2,7 @@
 
 import torch
 
-from sepid.models.joint import output_labels, pit_si_snr_loss
+from sepid.joint import output_labels, pit_si_snr_loss
 
 
 def test_pit_assignment_three_sources():

@@ -1,4 +1,4 @@
-"""Tests of data_prep/make_mixtures.py and sepid.mixtures (two-speaker mixtures, dynamic mixing)."""
+"""Tests of data_prep/make_mixtures.py and sepid.data.mixtures (two-speaker mixtures, dynamic mixing)."""
 
 import csv
 import json
@@ -20,9 +20,9 @@ from data_prep import make_mixtures as mm
 from data_prep.folder_prepare import prepare_folder
 from data_prep.make_mixtures import main as mixtures_main
 from data_prep.make_mixtures import make_mixtures
-from sepid.audio import AudioError
-from sepid.manifest import write_csv
-from sepid.mixtures import (
+from sepid.data.audio import AudioError
+from sepid.data.manifest import write_csv
+from sepid.data.mixtures import (
     MAX_PEAK,
     MIXTURE_COLUMNS,
     DynamicMixingDataset,
@@ -305,7 +305,7 @@ def test_interrupted_run_resumes(corpus, tmp_path, monkeypatch):
 KILL_MID_WRITE = """
 import os, signal, sys
 from pathlib import Path
-import sepid.mixtures
+import sepid.data.mixtures
 from data_prep.make_mixtures import make_mixtures
 
 real_replace, calls = os.replace, {"n": 0}
@@ -317,7 +317,7 @@ def replace_then_die(src, dst):
         os.kill(os.getpid(), signal.SIGKILL)
     real_replace(src, dst)
 
-sepid.mixtures.os = type("os_proxy", (), {"__getattr__": lambda self, n: getattr(os, n),
+sepid.data.mixtures.os = type("os_proxy", (), {"__getattr__": lambda self, n: getattr(os, n),
                                           "replace": staticmethod(replace_then_die)})()
 manifest, data, save = sys.argv[1:4]
 make_mixtures(

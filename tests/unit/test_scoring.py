@@ -1,11 +1,11 @@
-"""Tests of sepid.scoring: cosine scoring, AS-norm, identification and classifier accuracy."""
+"""Tests of sepid.speaker.scoring: cosine scoring, AS-norm, identification and classifier accuracy."""
 
 import logging
 
 import pytest
 import torch
 
-from sepid.scoring import (
+from sepid.speaker.scoring import (
     EmbeddingTable,
     asnorm_scores,
     classifier_accuracy,
@@ -142,7 +142,7 @@ def test_asnorm_top_n_larger_than_cohort_warns(caplog):
     torch.manual_seed(5)
     table = EmbeddingTable(["x", "y"], torch.randn(2, 4))
     cohort = torch.randn(6, 4)
-    with caplog.at_level(logging.WARNING, logger="sepid.scoring"):
+    with caplog.at_level(logging.WARNING, logger="sepid.speaker.scoring"):
         ours = asnorm_scores(table, [("x", "y")], cohort, top_n=300)
     assert "larger than the cohort" in caplog.text
     torch.testing.assert_close(ours.double(), _naive_asnorm(table, [("x", "y")], cohort, 6))

@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from sepid.separation import accuracy, align_to, assigned_labels, separate, separation_keys
-from sepid.separation_eval import score_items
-from sepid.tables import separation_results_table
+from sepid.report.tables import separation_results_table
+from sepid.separation.evaluation import score_items
+from sepid.separation.separator import (
+    accuracy,
+    align_to,
+    assigned_labels,
+    separate,
+    separation_keys,
+)
 
 
 def test_labels_follow_the_permutation():

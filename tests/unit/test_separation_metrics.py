@@ -1,4 +1,4 @@
-"""Tests of sepid.metrics.separation (SI-SDR, BSS-eval SDR/SIR/SAR, PESQ, STOI, rows, summaries)."""
+"""Tests of sepid.separation.metrics (SI-SDR, BSS-eval SDR/SIR/SAR, PESQ, STOI, rows, summaries)."""
 
 import warnings
 from pathlib import Path
@@ -9,7 +9,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from sepid.metrics.separation import (
+from sepid.separation.metrics import (
     UndefinedMetricError,
     _metric_pool,
     blas_threads_limited,

@@ -5,16 +5,16 @@ import logging
 import pytest
 import torch
 
-from sepid.manifest import write_csv
-from sepid.scoring import EmbeddingTable
-from sepid.speaker_eval import (
+from sepid.data.manifest import write_csv
+from sepid.report.tables import speaker_results_table
+from sepid.speaker.evaluation import (
     IdentificationSet,
     VerificationSet,
     drop_empty_sets,
     identification_report,
     unique_utterances,
 )
-from sepid.tables import speaker_results_table
+from sepid.speaker.scoring import EmbeddingTable
 
 UTT = ["ID", "duration", "wav", "spk_id"]
 
@@ -108,7 +108,11 @@ def test_encoder_classifier_baseline_from_a_local_copy(tmp_path):
     import torchaudio
     from speechbrain.inference.speaker import EncoderClassifier
 
-    from sepid.speaker_eval import interface_embedder, load_encoder_classifier, source_fingerprint
+    from sepid.speaker.evaluation import (
+        interface_embedder,
+        load_encoder_classifier,
+        source_fingerprint,
+    )
     from sepid.tiny import save_tiny_ecapa
 
     folder = save_tiny_ecapa(tmp_path / "ecapa")

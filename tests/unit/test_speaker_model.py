@@ -10,16 +10,16 @@ import torch
 from speechbrain.nnet.losses import AdditiveAngularMargin, LogSoftmaxWrapper
 from torch import nn
 
-from sepid.models.lora import lora_disabled, lora_modules, lora_state_dict, merge_lora
-from sepid.models.losses import MarginScheduler, set_aam_margin
-from sepid.models.speaker import (
+from sepid.speaker.encoder import (
     WavLMSpeakerEncoder,
     embed_in_chunks,
     log_trainable_parameters,
     masked_mean,
 )
-from sepid.schedules import WarmupExpDecay, optimizer_steps_per_epoch
+from sepid.speaker.lora import lora_disabled, lora_modules, lora_state_dict, merge_lora
+from sepid.speaker.margin import MarginScheduler, set_aam_margin
 from sepid.tiny import save_tiny_wavlm
+from sepid.training.schedules import WarmupExpDecay, optimizer_steps_per_epoch
 
 ATTENTION = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
@@ -308,7 +308,7 @@ def test_parameter_log_tells_whether_the_backbone_trains(wavlm_dir, caplog):
     for frozen, says in ((True, "backbone frozen"), (False, "backbone fine-tuned")):
         modules = nn.ModuleDict({"encoder": make_encoder(wavlm_dir, freeze_backbone=frozen)})
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="sepid.models.speaker"):
+        with caplog.at_level(logging.INFO, logger="sepid.speaker.encoder"):
             trainable, total = log_trainable_parameters(modules)
         assert says in caplog.text and "LoRA adapters" in caplog.text
         assert ("frozen: feature_extractor" in caplog.text) == (not frozen)

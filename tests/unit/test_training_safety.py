@@ -1,6 +1,6 @@
-"""The shared training safety net: non-finite steps skipped (``sepid.training.FiniteBrain``),
+"""The shared training safety net: non-finite steps skipped (``sepid.training.brain.FiniteBrain``),
 checkpoints trusted only when complete and never written non-finite
-(``sepid.checkpoints.AtomicCheckpointer``), on a tiny linear model."""
+(``sepid.training.checkpoints.AtomicCheckpointer``), on a tiny linear model."""
 
 import shutil
 
@@ -10,8 +10,8 @@ import torch
 from speechbrain.utils.checkpoints import Checkpointer
 from speechbrain.utils.epoch_loop import EpochCounter
 
-from sepid.checkpoints import AtomicCheckpointer, incomplete_reason
-from sepid.training import FiniteBrain, check_trainable_data
+from sepid.training.brain import FiniteBrain, check_trainable_data
+from sepid.training.checkpoints import AtomicCheckpointer, incomplete_reason
 
 
 class LinearBrain(FiniteBrain):

@@ -1,4 +1,4 @@
-"""Tests of sepid.metrics.verification (and the DET / histogram plots built on it)."""
+"""Tests of sepid.speaker.metrics (and the DET / histogram plots built on it)."""
 
 import json
 
@@ -7,14 +7,14 @@ import pytest
 import torch
 from speechbrain.utils.metric_stats import EER, minDCF
 
-from sepid.metrics.verification import (
+from sepid.report.plots import plot_det, plot_histogram
+from sepid.speaker.metrics import (
     det_curve,
     eer,
     min_dcf,
     tar_at_far,
     verification_metrics,
 )
-from sepid.plots import plot_det, plot_histogram
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -11,17 +11,17 @@ import numpy as np
 import torch
 from speechbrain.inference.separation import SepformerSeparation
 
-from sepid.manifest import write_csv
-from sepid.metrics.separation import summarize
-from sepid.models.speaker import embed_in_chunks
-from sepid.plots import plot_histogram
+from sepid.data.manifest import write_csv
+from sepid.report.plots import plot_histogram
+from sepid.separation.metrics import summarize
+from sepid.speaker.encoder import embed_in_chunks
 
 logger = logging.getLogger(__name__)
 
-# The columns of sepid.mixtures.MIXTURE_COLUMNS that the evaluation reads.
+# The columns of sepid.data.mixtures.MIXTURE_COLUMNS that the evaluation reads.
 EVAL_MIXTURE_COLUMNS = ("ID", "duration", "mix_wav", "s1_wav", "s2_wav", "s1_spk", "s2_spk")
 SEPARATION_KEYS = ("si_sdr", "si_sdri", "sdr", "sdri", "sir", "sar", "pesq", "stoi")
-# The summary keys each metric of sepid.metrics.separation.evaluate_separation gives.
+# The summary keys each metric of sepid.separation.metrics.evaluate_separation gives.
 METRIC_KEYS = {
     "si_sdr": ("si_sdr", "si_sdri"),
     "sdr": ("sdr", "sdri", "sir", "sar"),

@@ -24,7 +24,7 @@ from speechbrain.utils.checkpoints import (
 from torch import nn
 from transformers import WavLMModel
 
-from sepid.models.lora import add_lora, lora_disabled
+from sepid.speaker.lora import add_lora, lora_disabled
 
 logger = logging.getLogger(__name__)
 

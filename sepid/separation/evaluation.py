@@ -10,15 +10,15 @@ import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import if_main_process
 
-from sepid.audio import resample
-from sepid.distributed import gather_objects
-from sepid.metrics.separation import evaluate_many
-from sepid.separation import (
+from sepid.data.audio import resample
+from sepid.separation.metrics import evaluate_many
+from sepid.separation.separator import (
     accuracy,
     assigned_labels,
     separate,
     write_separation_outputs,
 )
+from sepid.training.distributed import gather_objects
 
 
 class SeparationEvalBrain(sb.Brain):
@@ -81,7 +81,7 @@ class SeparationEvalBrain(sb.Brain):
     ):
         """What to evaluate: ``separate_batch`` (``mix [B, T] -> [B, T, n_src]`` at
         ``separator_rate``), where to write, and the speaker identifiers (name ->
-        :class:`sepid.separation.SpeakerIdentifier`) at ``speaker_rate``."""
+        :class:`sepid.separation.separator.SpeakerIdentifier`) at ``speaker_rate``."""
         self.separate_batch = separate_batch
         self.separator_rate = separator_rate
         self.out_folder = Path(out_folder)
@@ -109,7 +109,7 @@ def score_items(items, hparams, sample_rate, known_speakers, out):
     """Separation metrics (both cores), speaker accuracies with permutation-aligned labels, and
     the same for the unprocessed mixture; writes the outputs and returns the report. The
     summaries hold exactly the keys of ``hparams.separation_metrics`` (see
-    :func:`sepid.separation.separation_keys`).
+    :func:`sepid.separation.separator.separation_keys`).
     ``known_speakers[(model, method)]`` is the set of speakers that method can name at all
     (enrolled speakers; the classifier's training speakers): outputs of other speakers are
     excluded from its accuracy and counted."""

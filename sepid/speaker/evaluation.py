@@ -15,11 +15,16 @@ import torch
 import torchaudio
 from speechbrain.dataio.dataset import DynamicItemDataset
 
-from sepid.dataio import UTTERANCE_COLUMNS
-from sepid.manifest import read_csv, resolve_path, write_csv
-from sepid.metrics.verification import verification_metrics
-from sepid.plots import plot_det
-from sepid.scoring import asnorm_scores, classifier_accuracy, cosine_scores, identification_accuracy
+from sepid.data.dataio import UTTERANCE_COLUMNS
+from sepid.data.manifest import read_csv, resolve_path, write_csv
+from sepid.report.plots import plot_det
+from sepid.speaker.metrics import verification_metrics
+from sepid.speaker.scoring import (
+    asnorm_scores,
+    classifier_accuracy,
+    cosine_scores,
+    identification_accuracy,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +227,7 @@ def load_encoder_classifier(source, savedir, device):
     for a folder that is set to the folder itself, so a copy loads offline."""
     from speechbrain.inference.speaker import EncoderClassifier
 
-    from sepid.experiment import plain_values
+    from sepid.training.experiment import plain_values
 
     folder = Path(str(source)).expanduser()
     overrides = {}

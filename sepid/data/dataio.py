@@ -1,5 +1,5 @@
 """Data pipelines shared by the recipes: SpeechBrain ``DynamicItemDataset`` built from the CSV
-manifests of ``data_prep/``, with audio read through :func:`sepid.audio.read_audio` (mono, explicit
+manifests of ``data_prep/``, with audio read through :func:`sepid.data.audio.read_audio` (mono, explicit
 sample rate, cached resampling, clear errors)."""
 
 import logging
@@ -10,13 +10,13 @@ import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.dataio.encoder import CategoricalEncoder
 
-from sepid.audio import audio_info, read_audio
-from sepid.manifest import read_csv
+from sepid.data.audio import audio_info, read_audio
+from sepid.data.manifest import read_csv
 
 logger = logging.getLogger(__name__)
 
 UTTERANCE_COLUMNS = ("ID", "duration", "wav", "spk_id")
-# train.csv / valid.csv: the part of the file each row stands for, in seconds (see sepid.prep)
+# train.csv / valid.csv: the part of the file each row stands for, in seconds (see sepid.data.prep)
 SEGMENT_COLUMNS = (*UTTERANCE_COLUMNS, "start", "stop")
 
 

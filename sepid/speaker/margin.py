@@ -3,14 +3,14 @@
 From scratch, a full angular margin at step one makes a small model worse on unseen speakers;
 WeSpeaker (``wespeaker/utils/schedulers.py: MarginScheduler``) trains with margin 0 first and then
 raises it to its final value. :class:`MarginScheduler` does the same, by optimizer step, with the
-hold and ramp given in steps or as fractions of the run (:class:`sepid.schedules.RunLength`).
+hold and ramp given in steps or as fractions of the run (:class:`sepid.training.schedules.RunLength`).
 """
 
 import math
 
 from speechbrain.nnet.losses import AdditiveAngularMargin, LogSoftmaxWrapper
 
-from sepid.schedules import RunLength
+from sepid.training.schedules import RunLength
 
 
 def set_aam_margin(loss, margin):

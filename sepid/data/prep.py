@@ -20,7 +20,7 @@ target (same speaker) trial and ``0`` otherwise; ``enrol`` and ``test`` are utte
 
 ``bad_files.txt`` (only when ``skip_bad_files`` left files out): one ``<path><TAB><reason>`` line
 per skipped file or trial line. ``prep_options.json`` is written last: a prep that stopped half
-way reruns, one whose options match is skipped (see :func:`sepid.manifest.prep_is_done`). The
+way reruns, one whose options match is skipped (see :func:`sepid.data.manifest.prep_is_done`). The
 data folder's content is not part of the options: delete ``prep_options.json`` to force a rerun
 after adding files.
 
@@ -53,7 +53,7 @@ line (blank lines and ``#`` comments ignored). An unknown ID is an error that na
 
 Audio checks (:func:`scan_audio`)
 --------------------------------
-Every file is opened and its samples checked by :func:`sepid.audio.check_audio`, in parallel
+Every file is opened and its samples checked by :func:`sepid.data.audio.check_audio`, in parallel
 threads, streaming blocks (memory bounded): float and lossy files are decoded entirely (a NaN or
 infinite sample anywhere is found); integer files (PCM wav, flac), which cannot hold NaN, up to
 their first non-silent block, then their last frames (truncation). So the cost is about one
@@ -65,14 +65,14 @@ options is skipped).
 - Bad files: empty (0 samples), unreadable, truncated, or holding a NaN or infinite sample. An
   error naming the file and the fix (remove it, or ``skip_bad_files=True``); with
   ``skip_bad_files=True`` they are left out and listed in ``bad_files.txt`` with the reason.
-- Digitally silent files (every sample below :data:`sepid.audio.SILENT_PEAK`, i.e. zero in
+- Digitally silent files (every sample below :data:`sepid.data.audio.SILENT_PEAK`, i.e. zero in
   16-bit PCM): they decode, so they are not an error; without ``skip_bad_files`` they are kept
   and a warning names them (and the fix); with ``skip_bad_files=True`` they are left out and
   listed in ``bad_files.txt`` like the bad files.
 - Files shorter than ``min_duration`` seconds are left out of the training and identification
   manifests and counted in the log (not an error).
 - Files that are not 16 kHz mono are kept (recipes downmix and resample through
-  :func:`sepid.audio.read_audio`), with a note in the log.
+  :func:`sepid.data.audio.read_audio`), with a note in the log.
 
 ``prep_options.json`` records :data:`AUDIO_CHECKS_VERSION`, so manifests written before a check
 was added are prepared again.
@@ -89,8 +89,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sepid.audio import SILENT_PEAK, AudioError, check_audio
-from sepid.manifest import relative_to_root, save_prep_options, write_atomic, write_csv
+from sepid.data.audio import SILENT_PEAK, AudioError, check_audio
+from sepid.data.manifest import relative_to_root, save_prep_options, write_atomic, write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -522,7 +522,7 @@ def scan_audio(utterances, min_duration=1.0, skip_bad_files=False, num_workers=4
     if other_rates:
         logger.info(
             "%d file(s) are not %d Hz (rates: %s); recipes resample them on the fly "
-            "(sepid.audio.read_audio), or convert the data once to save time.",
+            "(sepid.data.audio.read_audio), or convert the data once to save time.",
             sum(other_rates.values()),
             EXPECTED_RATE,
             dict(sorted(other_rates.items())),
@@ -776,7 +776,7 @@ def build_manifests(
     train_speakers : iterable of str
         Speakers of train / valid / identification.
     options : dict
-        Recorded in ``prep_options.json`` for :func:`sepid.manifest.prep_is_done`.
+        Recorded in ``prep_options.json`` for :func:`sepid.data.manifest.prep_is_done`.
     n_iden_enrol, n_iden_test, valid_ratio, seed, valid_segment_seconds :
         See :func:`split_speaker_utterances`.
     min_duration, skip_bad_files :

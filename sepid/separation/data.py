@@ -6,11 +6,11 @@ import logging
 import speechbrain as sb
 import torch
 
-from sepid.audio import audio_info, read_audio
-from sepid.dataio import UTTERANCE_COLUMNS, load_manifest
-from sepid.distributed import shard
-from sepid.manifest import read_csv, resolve_path
-from sepid.separation import EVAL_MIXTURE_COLUMNS
+from sepid.data.audio import audio_info, read_audio
+from sepid.data.dataio import UTTERANCE_COLUMNS, load_manifest
+from sepid.data.manifest import read_csv, resolve_path
+from sepid.separation.separator import EVAL_MIXTURE_COLUMNS
+from sepid.training.distributed import shard
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ instead of a copy of it.
 
 ::
 
-    mapfile -t OVERRIDES < <(python -m sepid.overrides hparams/demo/speaker-overrides.yaml \\
+    mapfile -t OVERRIDES < <(python -m sepid.training.overrides hparams/demo/speaker-overrides.yaml \\
         --seed=2)
     python recipes/speaker/train.py hparams/wavlm-lora-arcface.yaml "${OVERRIDES[@]}"
 

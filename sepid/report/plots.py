@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy.stats import norm
 
-from sepid.metrics.verification import det_curve, eer
+from sepid.speaker.metrics import det_curve, eer
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def plot_det(scores, labels, path, title=""):
     Parameters
     ----------
     scores, labels : np.ndarray or torch.Tensor
-        Trial scores and 0/1 labels, as for :func:`sepid.metrics.verification.eer`.
+        Trial scores and 0/1 labels, as for :func:`sepid.speaker.metrics.eer`.
     path : str or Path
         Output PNG (parent directories are created).
     title : str

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from speechbrain.utils.checkpoints import mark_as_transfer, register_checkpoint_hooks
 
-from sepid.dataio import UTTERANCE_COLUMNS
-from sepid.manifest import read_csv
-from sepid.models.speaker import set_classifier_outputs
-from sepid.prep import select_speakers
+from sepid.data.dataio import UTTERANCE_COLUMNS
+from sepid.data.manifest import read_csv
+from sepid.data.prep import select_speakers
+from sepid.speaker.encoder import set_classifier_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _is_lora(key):
 
 @register_checkpoint_hooks
 class ExportedEncoderWeights:
-    """Loads an exported ``embedder.ckpt`` into a ``sepid.models.speaker.WavLMSpeakerEncoder``.
+    """Loads an exported ``embedder.ckpt`` into a ``sepid.speaker.encoder.WavLMSpeakerEncoder``.
 
     - Merged export (the default): every WavLM weight (LoRA folded in), pooling and projection.
       The weights a LoRA of this encoder parametrizes become the ``original`` under it; the

@@ -15,7 +15,7 @@ Speaker splits (:func:`split_speaker_pools`)
   ``{"train": 50, "valid": 0, "test": 50}`` on VoxCeleb2's first 100 speakers reproduces the
   reference system: speakers 1-50 for training mixtures, 51-100 for test mixtures;
 - a list of speaker IDs, a comma-separated string or a speaker list file (one ID per line), as
-  ``--speakers`` of the prep scripts (:func:`sepid.prep.select_speakers`).
+  ``--speakers`` of the prep scripts (:func:`sepid.data.prep.select_speakers`).
 
 Speaker sets are disjoint across splits (overlapping lists are an error), with one exception:
 ``valid`` given ``0`` (or ``None`` / an empty list) draws its mixtures from the **train speakers**
@@ -74,9 +74,9 @@ import numpy as np
 import torch
 from speechbrain.dataio.batch import PaddedBatch
 
-from sepid.audio import audio_info, read_audio
-from sepid.manifest import read_csv, resolve_path
-from sepid.prep import UTT_COLUMNS, select_speakers
+from sepid.data.audio import audio_info, read_audio
+from sepid.data.manifest import read_csv, resolve_path
+from sepid.data.prep import UTT_COLUMNS, select_speakers
 
 logger = logging.getLogger(__name__)
 
@@ -565,7 +565,7 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
     data_folder : str or Path
         Replaces ``$data_root`` in its paths.
     speakers : list, int, str or path
-        Speakers to draw from (as :func:`sepid.prep.select_speakers`); a speaker's class is its
+        Speakers to draw from (as :func:`sepid.data.prep.select_speakers`); a speaker's class is its
         index in the sorted list.
     n_mix : int
         Items per epoch.

@@ -24,7 +24,7 @@ import speechbrain as sb
 import torch
 from speechbrain.utils.logger import get_logger
 
-from sepid.distributed import global_mean
+from sepid.training.distributed import global_mean
 
 logger = get_logger(__name__)
 

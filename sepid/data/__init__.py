@@ -1,0 +1,1 @@
+"""Data: audio I/O, CSV manifests, data preparation, two-speaker mixtures, dataset pipelines."""

@@ -1,0 +1,1 @@
+"""Results for people: markdown tables and PNG figures."""

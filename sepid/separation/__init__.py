@@ -1,0 +1,1 @@
+"""Speech separation: separator loading and chunked separation, mixture datasets, metrics and the evaluation loop."""
