@@ -52,6 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 from summary import write_summary  # noqa: E402  (recipes/demo/summary.py)
 
+from sepid.data.manifest import write_atomic  # noqa: E402
 from sepid.training.overrides import override_args, read_overrides  # noqa: E402
 
 DEMO = "hparams/demo"
@@ -225,15 +226,8 @@ def _finished(stage, stamps):
 
 
 def _mark_done(stage, stamps, seconds):
-    stamps.mkdir(parents=True, exist_ok=True)
-    path = _stamp(stage, stamps)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(
-        json.dumps(
-            {"key": stage.key(), "command": stage.shell(), "seconds": round(seconds, 1)}, indent=2
-        )
-    )
-    os.replace(tmp, path)
+    stamp = {"key": stage.key(), "command": stage.shell(), "seconds": round(seconds, 1)}
+    write_atomic(_stamp(stage, stamps), json.dumps(stamp, indent=2))
 
 
 def _parse_stage_overrides(items):

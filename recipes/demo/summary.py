@@ -3,8 +3,9 @@ speakers, each read from the ``metrics.json`` the evaluation wrote (named under 
 ``<output folder>/summary.md`` and ``summary.json``."""
 
 import json
-import os
 from pathlib import Path
+
+from sepid.data.manifest import write_atomic
 
 SPEAKER_MODELS = {
     "pretrained": "untrained tiny WavLM",
@@ -171,7 +172,5 @@ def write_summary(out, seed, timings, seconds):
         "files": {k: str(v) for k, v in files.items()},
     }
     for name, text in (("summary.md", markdown), ("summary.json", json.dumps(result, indent=2))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out / name)
+        write_atomic(out / name, text)
     return markdown

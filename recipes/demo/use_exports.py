@@ -16,22 +16,15 @@ Everything printed is also written to ``<out>/use.json``.
 """
 
 import argparse
-import csv
 import json
-import os
 import sys
 from pathlib import Path
 
 from speechbrain.inference.interfaces import foreign_class
 
-
-def _rows(csv_path):
-    with open(csv_path, newline="", encoding="utf-8") as fin:
-        return list(csv.DictReader(fin))
-
-
-def _path(value, data_root):
-    return value.replace("$data_root", str(data_root))
+from sepid.data.manifest import read_csv, resolve_path, write_atomic
+from sepid.data.mixtures import MIXTURE_COLUMNS
+from sepid.data.prep import UTT_COLUMNS
 
 
 def main(argv=None):
@@ -46,16 +39,16 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="folder for the separated files")
     args = parser.parse_args(argv)
 
-    test = _rows(Path(args.mixtures) / "test.csv")
+    test = read_csv(Path(args.mixtures) / "test.csv", MIXTURE_COLUMNS)
     if len(test) < 2:
         raise SystemExit(
             f"{args.mixtures}/test.csv: need at least 2 test mixtures, found {len(test)}"
         )
     first = test[0]
-    mix, s1, s2 = (_path(first[k], args.mixtures) for k in ("mix_wav", "s1_wav", "s2_wav"))
+    mix, s1, s2 = (resolve_path(first[k], args.mixtures) for k in ("mix_wav", "s1_wav", "s2_wav"))
     enrol = {}
-    for row in _rows(args.enrol_csv):
-        enrol.setdefault(row["spk_id"], []).append(_path(row["wav"], args.enrol_data_folder))
+    for row in read_csv(args.enrol_csv, UTT_COLUMNS):
+        enrol.setdefault(row["spk_id"], []).append(resolve_path(row["wav"], args.enrol_data_folder))
     same = enrol.get(first["s1_spk"], [])
 
     spk = foreign_class(
@@ -101,9 +94,7 @@ def main(argv=None):
         print(f"separated: {s.path} -> enrolled speaker {s.speaker} (score {s.score:.3f})")
     print(f"true speakers of the mixture: {', '.join(truth)}")
     out = Path(args.out) / "use.json"
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out)
+    write_atomic(out, json.dumps(report, indent=2))
     print(f"Written: {out}")
 
 
