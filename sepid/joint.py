@@ -35,7 +35,7 @@ def pit_si_snr_loss(targets, estimates):
     SpeechBrain's ``PitWrapper(cal_si_snr)`` takes ``(targets, estimates)`` in that order (SI-SNR
     is not symmetric) and returns, per example, the target index matched to each *output*; the
     inverse is taken here so that both conventions of this project read the same way as
-    ``sepid.separation.metrics.pit_si_sdr``.
+    ``sepid.separation.metrics.sisdr.pit_si_sdr``.
     """
     loss, perms = _PIT(targets, estimates)
     assigned = []

@@ -11,7 +11,7 @@ import torch
 from speechbrain.utils.distributed import if_main_process
 
 from sepid.data.audio import resample
-from sepid.separation.metrics import evaluate_many
+from sepid.separation.metrics.pool import evaluate_many
 from sepid.separation.separator import (
     accuracy,
     assigned_labels,

@@ -13,7 +13,7 @@ from speechbrain.inference.separation import SepformerSeparation
 
 from sepid.data.manifest import write_csv
 from sepid.report.plots import plot_histogram
-from sepid.separation.metrics import summarize
+from sepid.separation.metrics.rows import summarize
 from sepid.speaker.encoder import embed_in_chunks
 
 logger = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 # The columns of sepid.data.mixtures.MIXTURE_COLUMNS that the evaluation reads.
 EVAL_MIXTURE_COLUMNS = ("ID", "duration", "mix_wav", "s1_wav", "s2_wav", "s1_spk", "s2_spk")
 SEPARATION_KEYS = ("si_sdr", "si_sdri", "sdr", "sdri", "sir", "sar", "pesq", "stoi")
-# The summary keys each metric of sepid.separation.metrics.evaluate_separation gives.
+# The summary keys each metric of sepid.separation.metrics.rows.evaluate_separation gives.
 METRIC_KEYS = {
     "si_sdr": ("si_sdr", "si_sdri"),
     "sdr": ("sdr", "sdri", "sir", "sar"),

@@ -31,7 +31,7 @@ best of ``--repeats`` interleaved runs: ours (``sdr_improvement(..., backend="fa
 ``fast_bss_eval.numpy.square_cosine_metrics`` call on ``[estimates; mixture]``), two
 ``fast_bss_eval`` ``bss_eval_sources`` calls (estimates, then the mixture copies) and, with
 ``--solver_commit REV``, the exact one-pass Cholesky solver that ``sepid/metrics/separation.py``
-held at ``REV`` (before issue 12 moved the module to ``sepid/separation/metrics.py``) (loaded with ``git show``; issue 12 kept it only if at least 2x faster than
+held at ``REV`` (before issue 12 split the module into ``sepid/separation/metrics/``) (loaded with ``git show``; issue 12 kept it only if at least 2x faster than
 ``fast_bss_eval`` on the same inputs: it was 1.5x, so the one-call path replaced it), each
 with its largest difference to mir_eval.
 """
@@ -52,13 +52,9 @@ import soundfile as sf
 from bench_common import REPO, machine_info, write_result
 from scipy.signal import resample_poly
 
-from sepid.separation.metrics import (
-    blas_threads_limited,
-    bss_eval,
-    evaluate_many,
-    evaluate_separation,
-    sdr_improvement,
-)
+from sepid.separation.metrics.bss import bss_eval, sdr_improvement
+from sepid.separation.metrics.pool import blas_threads_limited, evaluate_many
+from sepid.separation.metrics.rows import evaluate_separation
 
 SAMPLES = REPO / "tests/samples/librispeech-mini/test-other"
 SR = 8000
@@ -202,7 +198,7 @@ def main(argv=None):
     parser.add_argument(
         "--solver_commit",
         default=None,
-        help="also time the exact one-pass solver of sepid/separation/metrics.py at this commit",
+        help="also time the exact one-pass solver of sepid/metrics/separation.py at this commit",
     )
     args = parser.parse_args(argv)
     machine = machine_info()  # load average before the run

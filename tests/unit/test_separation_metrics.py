@@ -9,21 +9,12 @@ import soundfile as sf
 from scipy.signal import resample_poly
 from threadpoolctl import threadpool_info, threadpool_limits
 
-from sepid.separation.metrics import (
-    UndefinedMetricError,
-    _metric_pool,
-    blas_threads_limited,
-    bss_eval,
-    evaluate_many,
-    evaluate_separation,
-    pesq_score,
-    pit_si_sdr,
-    sdr_improvement,
-    si_sdr,
-    si_sdr_improvement,
-    stoi_score,
-    summarize,
-)
+from sepid.separation.metrics.bss import bss_eval, sdr_improvement
+from sepid.separation.metrics.inputs import UndefinedMetricError
+from sepid.separation.metrics.perceptual import pesq_score, stoi_score
+from sepid.separation.metrics.pool import _metric_pool, blas_threads_limited, evaluate_many
+from sepid.separation.metrics.rows import evaluate_separation, summarize
+from sepid.separation.metrics.sisdr import pit_si_sdr, si_sdr, si_sdr_improvement
 
 SR = 8000
 SAMPLES = Path(__file__).resolve().parents[1] / "samples/librispeech-mini/test-other"
