@@ -101,23 +101,34 @@ class SeparationEvalBrain(sb.Brain):
         if not if_main_process():
             return
         self.report = score_items(
-            items, self.hparams, self.separator_rate, self.known_speakers, self.out_folder
+            items,
+            sample_rate=self.separator_rate,
+            known_speakers=self.known_speakers,
+            out=self.out_folder,
+            metrics=self.hparams.separation_metrics,
+            metric_jobs=self.hparams.metric_jobs,
+            bss_backend=self.hparams.bss_backend,
         )
 
 
-def score_items(items, hparams, sample_rate, known_speakers, out):
-    """Separation metrics (both cores), speaker accuracies with permutation-aligned labels, and
-    the same for the unprocessed mixture; writes the outputs and returns the report. The
-    summaries hold exactly the keys of ``hparams.separation_metrics`` (see
-    :func:`sepid.separation.separator.separation_keys`).
+def score_items(items, *, sample_rate, known_speakers, out, metrics, metric_jobs, bss_backend):
+    """Separation metrics, speaker accuracies with permutation-aligned labels, and the same for
+    the unprocessed mixture; writes the outputs under ``out`` and returns the report.
+
+    ``items`` are what :class:`SeparationEvalBrain` collects, at ``sample_rate``.
     ``known_speakers[(model, method)]`` is the set of speakers that method can name at all
     (enrolled speakers; the classifier's training speakers): outputs of other speakers are
-    excluded from its accuracy and counted."""
+    excluded from its accuracy and counted. ``metrics`` are the metric groups to compute (e.g.
+    ``["si_sdr", "sdr"]``, see :func:`sepid.separation.metrics.rows.evaluate_separation`); the
+    summaries hold exactly their keys (see :func:`sepid.separation.separator.separation_keys`).
+    ``metric_jobs`` worker processes compute them (see
+    :func:`sepid.separation.metrics.pool.evaluate_many`), with the BSS-eval backend
+    ``bss_backend`` (``"fast"`` or ``"mir_eval"``)."""
     metric_args = dict(
         sample_rate=sample_rate,
-        n_jobs=hparams.metric_jobs,
-        metrics=hparams.separation_metrics,
-        backend=hparams.bss_backend,
+        n_jobs=metric_jobs,
+        metrics=metrics,
+        backend=bss_backend,
     )
     rows = evaluate_many(
         [(i["estimates"], i["references"], i["mixture"]) for i in items], **metric_args
@@ -153,7 +164,6 @@ def score_items(items, hparams, sample_rate, known_speakers, out):
                 if condition == "separated":
                     for j, label in enumerate(pred.by_embedding):
                         row[f"pred_{tag}_emb_out{j + 1}"] = label
-    metrics = hparams.separation_metrics
     summary = write_separation_outputs(out, rows, sample_rate, metrics)
     mixture_summary = write_separation_outputs(out / "mixture", mixture_rows, sample_rate, metrics)
     speaker_report = {}

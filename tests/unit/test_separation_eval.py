@@ -3,7 +3,6 @@ in a consistent source order, accuracy excludes speakers a method cannot name, t
 the results table cover exactly the requested metrics."""
 
 import csv
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -113,8 +112,15 @@ def _items(n=2, length=4000, seed=0):
     ],
 )
 def test_summary_and_table_cover_the_requested_metrics(tmp_path, metrics, keys, columns):
-    hparams = SimpleNamespace(separation_metrics=metrics, metric_jobs=1, bss_backend="fast")
-    report = score_items(_items(), hparams, 8000, {}, tmp_path)
+    report = score_items(
+        _items(),
+        sample_rate=8000,
+        known_speakers={},
+        out=tmp_path,
+        metrics=metrics,
+        metric_jobs=1,
+        bss_backend="fast",
+    )
     assert list(report["separation"]) == keys
     assert list(report["mixture"]) == keys
     assert report["separation"]["si_sdri"]["mean"] > 10  # the swapped order was undone
