@@ -51,6 +51,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from sepid.data.schema import LABEL_ENCODER_FILE
+
 logger = logging.getLogger(__name__)
 
 INTERFACE_DIR = Path(__file__).resolve().parent / "speaker"
@@ -109,7 +111,7 @@ def is_joint_run(run_folder):
 
 def _check_run_folder(run_folder):
     run_folder, yaml_file, text = _check_output_folder(run_folder)
-    label_file = run_folder / "save" / "label_encoder.txt"
+    label_file = run_folder / "save" / LABEL_ENCODER_FILE
     if not label_file.is_file():
         raise FileNotFoundError(f"{label_file} not found: train the speaker model first.")
     return run_folder, yaml_file, text, label_file
@@ -639,7 +641,13 @@ def load_joint_run(run_folder, max_key="si_snri", collect_in=None):
         pretrainer.set_collect_in(collect_in)  # not in the run's own folder
     pretrainer.collect_files()
     pretrainer.load_collected()
-    prepare_speaker_branch(hparams)
+    prepare_speaker_branch(
+        label_encoder=hparams["label_encoder"],
+        classifier=hparams["classifier"],
+        speaker_source=hparams["speaker_source"],
+        speaker_manifest=hparams["speaker_manifest"],
+        train_speakers=hparams["train_speakers"],
+    )
     names = (*SEPARATOR_FILES.values(), "speaker_encoder", "classifier")
     checkpointer = Checkpointer(
         run_folder / "save", recoverables={name: hparams[name] for name in names}

@@ -31,7 +31,12 @@ from speechbrain.utils.logger import get_logger
 from sepid.data.manifest import write_atomic
 from sepid.joint import separate_with_modules
 from sepid.report.tables import separation_results_table
-from sepid.separation.data import enrolment_signals, log_rates, mixture_dataset
+from sepid.separation.data import (
+    enrolment_signals,
+    log_rates,
+    mixture_dataset,
+    mixture_speakers,
+)
 from sepid.separation.evaluation import SeparationEvalBrain
 from sepid.separation.separator import interface_identifier, load_separator, module_identifier
 from sepid.speaker.source import load_speaker_interface, prepare_speaker_branch
@@ -53,7 +58,13 @@ if __name__ == "__main__":
     # Files fetched by the main process first (ranks fetching into one folder at once race).
     run_on_main(hparams["pretrainer"].collect_files)
     hparams["pretrainer"].load_collected()
-    label_encoder = prepare_speaker_branch(hparams)
+    label_encoder = prepare_speaker_branch(
+        label_encoder=hparams["label_encoder"],
+        classifier=hparams["classifier"],
+        speaker_source=hparams["speaker_source"],
+        speaker_manifest=hparams["speaker_manifest"],
+        train_speakers=hparams["train_speakers"],
+    )
     checkpoint = hparams["checkpointer"].recover_if_possible(max_key="si_snri")
     if checkpoint is None:
         raise FileNotFoundError(
@@ -73,7 +84,12 @@ if __name__ == "__main__":
             f"{hparams['separator_source']} runs at {baseline.hparams.sample_rate} Hz but "
             f"sample_rate is {rate} in {hparams_file}: set sample_rate to the separator's rate."
         )
-    enrol = enrolment_signals(hparams, speaker_rate)
+    enrol = enrolment_signals(
+        enrol_csv=hparams["enrol_csv"],
+        enrol_data_folder=hparams["enrol_data_folder"],
+        speakers=mixture_speakers(hparams["test_csv"]),
+        sample_rate=speaker_rate,
+    )
     encoder = hparams["speaker_encoder"].to(device).eval()
     classifier = hparams["classifier"].to(device).eval()
     chunk_seconds = hparams["speaker_chunk_seconds"]

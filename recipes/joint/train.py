@@ -35,8 +35,8 @@ from speechbrain.utils.distributed import run_on_main
 from speechbrain.utils.logger import get_logger
 
 from sepid.data.manifest import read_csv
-from sepid.data.mixtures import DynamicMixingDataset, mixture_collate
-from sepid.data.prep import UTT_COLUMNS
+from sepid.data.mixtures import DynamicMixingDataset, MixingOptions, mixture_collate
+from sepid.data.schema import UTTERANCE_COLUMNS, mixture_csv
 from sepid.joint import output_labels, pit_si_snr_loss, separate_with_modules
 from sepid.separation.data import written_mixture_dataset
 from sepid.speaker.encoder import log_trainable_parameters
@@ -160,19 +160,26 @@ def mixture_datasets(hparams):
         rate = hparams["sample_rate"]
         return (
             written_mixture_dataset(
-                f"{folder}/train.csv", folder, rate, hparams["segment_seconds"]
+                f"{folder}/{mixture_csv('train')}", folder, rate, hparams["segment_seconds"]
             ),
             written_mixture_dataset(
-                f"{folder}/valid.csv", folder, rate, hparams["valid_segment_seconds"], random=False
+                f"{folder}/{mixture_csv('valid')}",
+                folder,
+                rate,
+                hparams["valid_segment_seconds"],
+                random=False,
             ),
         )
+    mixing = MixingOptions(
+        gain_db_range=tuple(hparams["gain_db_range"]),
+        min_duration=hparams["min_duration"],
+        seed=hparams["seed"],
+    )
     common = dict(
         split_speakers={"train": hparams["train_speakers"], "valid": 0, "test": 0},
         valid_utt_fraction=hparams["valid_utt_fraction"],
         sample_rate=hparams["sample_rate"],
-        gain_db_range=tuple(hparams["gain_db_range"]),
-        min_duration=hparams["min_duration"],
-        seed=hparams["seed"],
+        mixing=mixing,
     )
     manifest, root = hparams["speaker_manifest"], hparams["data_folder"]
     if manifest is None:
@@ -201,7 +208,7 @@ def mixture_datasets(hparams):
             **common,
         )
         return train, valid
-    held_out = {row["spk_id"] for row in read_csv(valid_manifest, UTT_COLUMNS)}
+    held_out = {row["spk_id"] for row in read_csv(valid_manifest, UTTERANCE_COLUMNS)}
     speakers = [s for s in train.speakers if s in held_out]
     if len(speakers) < len(train.speakers):
         logger.info(
@@ -217,9 +224,7 @@ def mixture_datasets(hparams):
         hparams["n_valid_mixtures"],
         segment_seconds=hparams["valid_segment_seconds"],
         sample_rate=hparams["sample_rate"],
-        gain_db_range=tuple(hparams["gain_db_range"]),
-        min_duration=hparams["min_duration"],
-        seed=hparams["seed"],
+        mixing=mixing,
     )
     return train, valid
 
@@ -247,7 +252,13 @@ if __name__ == "__main__":
     hparams_file, run_opts, overrides, hparams = start_experiment(sys.argv[1:])
     run_on_main(hparams["pretrainer"].collect_files)
     hparams["pretrainer"].load_collected()  # the separator and, from speaker_source, the branch
-    label_encoder = prepare_speaker_branch(hparams)
+    label_encoder = prepare_speaker_branch(
+        label_encoder=hparams["label_encoder"],
+        classifier=hparams["classifier"],
+        speaker_source=hparams["speaker_source"],
+        speaker_manifest=hparams["speaker_manifest"],
+        train_speakers=hparams["train_speakers"],
+    )
 
     train_set, valid_set = mixture_datasets(hparams)
     check_speaker_classes(train_set, valid_set, label_encoder)

@@ -38,7 +38,12 @@ from speechbrain.utils.logger import get_logger
 
 from sepid.data.manifest import write_atomic
 from sepid.report.tables import separation_results_table
-from sepid.separation.data import enrolment_signals, log_rates, mixture_dataset
+from sepid.separation.data import (
+    enrolment_signals,
+    log_rates,
+    mixture_dataset,
+    mixture_speakers,
+)
 from sepid.separation.evaluation import SeparationEvalBrain
 from sepid.separation.separator import interface_identifier, load_separator
 from sepid.speaker.source import load_speaker_interface
@@ -68,7 +73,12 @@ if __name__ == "__main__":
             device=device,
         )
         speaker_rate = int(model.hparams.sample_rate)
-        enrol = enrolment_signals(hparams, speaker_rate)
+        enrol = enrolment_signals(
+            enrol_csv=hparams["enrol_csv"],
+            enrol_data_folder=hparams["enrol_data_folder"],
+            speakers=mixture_speakers(hparams["test_csv"]),
+            sample_rate=speaker_rate,
+        )
         identifiers = {hparams["speaker_tag"]: interface_identifier(model, enrol)}
     else:
         logger.warning("No --speaker_source: separation metrics only, no speaker identification.")

@@ -51,6 +51,7 @@ from speechbrain.utils.logger import get_logger
 
 from sepid.data.dataio import full_pipeline, load_label_encoder
 from sepid.data.manifest import write_atomic
+from sepid.data.schema import LABEL_ENCODER_FILE, VERI_TRIALS_CSV
 from sepid.report.tables import speaker_results_table
 from sepid.speaker.encoder import embed_in_chunks, set_classifier_outputs
 from sepid.speaker.evaluation import (
@@ -160,7 +161,7 @@ def evaluation_sets(hparams, label_encoder):
     vsets, isets = [], []
     eval_prep = Path(hparams["eval_prep_folder"])
     if hparams["eval_data_folder"] is not None:
-        if (eval_prep / "veri_trials.csv").is_file():
+        if (eval_prep / VERI_TRIALS_CSV).is_file():
             vsets.append(
                 VerificationSet.from_prep("verification", eval_prep, hparams["eval_data_folder"])
             )
@@ -197,7 +198,7 @@ if __name__ == "__main__":
             "/data/voxceleb1/veri_test2.txt for VoxCeleb1-O."
         )
 
-    label_encoder = load_label_encoder(f"{hparams['save_folder']}/label_encoder.txt")
+    label_encoder = load_label_encoder(f"{hparams['save_folder']}/{LABEL_ENCODER_FILE}")
     vsets, isets = evaluation_sets(hparams, label_encoder)
     cohort_rows = (
         resolve_rows(hparams["cohort_csv"], hparams["cohort_data_folder"] or hparams["data_folder"])

@@ -29,7 +29,15 @@ import torch
 from speechbrain.utils.distributed import run_on_main
 from speechbrain.utils.logger import get_logger
 
-from sepid.data.dataio import speaker_train_datasets
+from sepid.data.dataio import (
+    NO_VALIDATION_ROWS,
+    label_pipeline,
+    load_manifest,
+    random_crop_pipeline,
+    segment_pipeline,
+    speaker_label_encoder,
+)
+from sepid.data.schema import LABEL_ENCODER_FILE, SEGMENT_COLUMNS
 from sepid.speaker.encoder import log_trainable_parameters, set_classifier_outputs
 from sepid.training.brain import FiniteBrain, check_trainable_data
 from sepid.training.distributed import global_mean
@@ -97,11 +105,37 @@ class SpeakerBrain(FiniteBrain):
             )
 
 
+def dataio_prep(hparams):
+    """The data prep's segment manifests as datasets: train (random ``segment_seconds`` crops of
+    each row's segment), valid (each row's segment, cut to ``max_valid_seconds``), both with the
+    speaker labels of a label encoder fitted on the training speakers (saved in ``save_folder``).
+    Returns ``train_set, valid_set, label_encoder``."""
+    train_csv, valid_csv = hparams["train_csv"], hparams["valid_csv"]
+    train_set = load_manifest(train_csv, hparams["data_folder"], SEGMENT_COLUMNS)
+    valid_set = load_manifest(
+        valid_csv, hparams["data_folder"], SEGMENT_COLUMNS, empty_hint=NO_VALIDATION_ROWS
+    )
+    rate = hparams["sample_rate"]
+    train_set.add_dynamic_item(random_crop_pipeline(rate, hparams["segment_seconds"]))
+    valid_set.add_dynamic_item(segment_pipeline(rate, hparams["max_valid_seconds"]))
+    label_encoder = speaker_label_encoder(
+        path=f"{hparams['save_folder']}/{LABEL_ENCODER_FILE}",
+        train_set=train_set,
+        valid_set=valid_set,
+        train_csv=train_csv,
+        valid_csv=valid_csv,
+    )
+    for dataset in (train_set, valid_set):
+        dataset.add_dynamic_item(label_pipeline(label_encoder))
+        dataset.set_output_keys(["id", "sig", "spk_id", "spk_id_encoded"])
+    return train_set, valid_set, label_encoder
+
+
 if __name__ == "__main__":
     hparams_file, run_opts, overrides, hparams = start_experiment(sys.argv[1:])
 
     run_on_main(hparams["prepare_data"])
-    train_set, valid_set, label_encoder = speaker_train_datasets(hparams)
+    train_set, valid_set, label_encoder = dataio_prep(hparams)
     check_trainable_data(
         n_classes=len(label_encoder),
         n_train_items=len(train_set),

@@ -1,6 +1,7 @@
-"""Data pipelines shared by the recipes: SpeechBrain ``DynamicItemDataset`` built from the CSV
-manifests of ``data_prep/``, with audio read through :func:`sepid.data.audio.read_audio` (mono, explicit
-sample rate, cached resampling, clear errors)."""
+"""Data pipelines shared by the recipes' ``dataio_prep``: SpeechBrain ``DynamicItemDataset`` built
+from the CSV manifests of the data prep (schemas in :mod:`sepid.data.schema`), with audio read
+through :func:`sepid.data.audio.read_audio` (mono, explicit sample rate, cached resampling, clear
+errors), and the speaker label encoder."""
 
 import logging
 from pathlib import Path
@@ -12,20 +13,28 @@ from speechbrain.dataio.encoder import CategoricalEncoder
 
 from sepid.data.audio import audio_info, read_audio
 from sepid.data.manifest import read_csv
+from sepid.data.schema import UTTERANCE_COLUMNS
 
 logger = logging.getLogger(__name__)
 
-UTTERANCE_COLUMNS = ("ID", "duration", "wav", "spk_id")
-# train.csv / valid.csv: the part of the file each row stands for, in seconds (see sepid.data.prep)
-SEGMENT_COLUMNS = (*UTTERANCE_COLUMNS, "start", "stop")
+NO_VALIDATION_ROWS = (
+    "every training speaker has too few utterances for a validation utterance. Set "
+    "valid_segment_seconds (e.g. 2.0) to validate them on held-out segments, or raise "
+    "valid_ratio, and rerun (data prep redoes the split)."
+)
 
 
-def load_manifest(csv_path, data_folder, required_columns=UTTERANCE_COLUMNS):
+def load_manifest(
+    csv_path,
+    data_folder,
+    required_columns=UTTERANCE_COLUMNS,
+    empty_hint="rerun the data prep that writes it.",
+):
     """A ``DynamicItemDataset`` from a manifest, ``$data_root`` replaced by ``data_folder``; the
     columns are checked first so a wrong file fails with its name, not a KeyError later, and an
-    empty manifest is an error."""
+    empty manifest is an error (``empty_hint``: why it may be empty and the fix)."""
     if not read_csv(csv_path, required_columns):
-        raise ValueError(f"Manifest {csv_path} has no rows: rerun the data prep that writes it.")
+        raise ValueError(f"Manifest {csv_path} has no rows: {empty_hint}")
     return DynamicItemDataset.from_csv(csv_path, replacements={"data_root": str(data_folder)})
 
 
@@ -40,7 +49,8 @@ def _segment_frames(wav, start, stop):
 
 def random_crop_pipeline(sample_rate, segment_seconds):
     """Audio pipeline ``wav, start, stop -> sig``: a random ``segment_seconds`` crop of the
-    row's segment (``start``..``stop`` seconds of the file, see :data:`SEGMENT_COLUMNS`), read from
+    row's segment (``start``..``stop`` seconds of the file, see
+    :data:`sepid.data.schema.SEGMENT_COLUMNS`), read from
     disk alone (only the crop is decoded); shorter segments are repeated to fill the crop. The
     offset comes from torch's generator, which SpeechBrain seeds and DataLoader workers re-seed
     each."""
@@ -102,10 +112,27 @@ def label_pipeline(label_encoder):
     return pipeline
 
 
-def speaker_label_encoder(path, datasets):
-    """Fits (or loads, when ``path`` exists) the speaker encoder on the given datasets."""
+def speaker_label_encoder(path, train_set, valid_set, train_csv, valid_csv):
+    """The speaker encoder of a training run: fitted on the speakers of ``train_set`` and saved
+    at ``path``, or loaded from ``path`` when an earlier run (resumed) wrote it. Checks that it
+    names exactly the speakers of ``train_set`` (else the data prep changed under an existing
+    experiment) and every speaker of ``valid_set``; ``train_csv``, ``valid_csv`` name the
+    datasets' manifests in the errors."""
     encoder = CategoricalEncoder()
-    encoder.load_or_create(path=path, from_didatasets=datasets, output_key="spk_id")
+    encoder.load_or_create(path=path, from_didatasets=[train_set], output_key="spk_id")
+    speakers = {row["spk_id"] for row in train_set.data.values()}
+    if set(encoder.lab2ind) != speakers:
+        raise ValueError(
+            f"{path} (written by an earlier run) names {len(encoder.lab2ind)} speakers but "
+            f"{train_csv} has {len(speakers)} other ones: the data prep changed under an "
+            "existing experiment. Use a new --output_folder (or remove the old one)."
+        )
+    unknown = sorted({row["spk_id"] for row in valid_set.data.values()} - set(encoder.lab2ind))
+    if unknown:
+        raise ValueError(
+            f"Validation manifest {valid_csv} has speakers absent from training "
+            f"({unknown[:5]}...): validation must use the training speakers (rerun data prep)."
+        )
     return encoder
 
 
@@ -116,41 +143,3 @@ def load_label_encoder(path):
     encoder = CategoricalEncoder()
     encoder.load(path)
     return encoder
-
-
-def speaker_train_datasets(hparams):
-    """Train (random crops) and valid (whole utterances, bounded) datasets with speaker labels.
-
-    Reads ``train_csv``, ``valid_csv``, ``data_folder``, ``sample_rate``, ``segment_seconds``,
-    ``max_valid_seconds`` and ``save_folder`` from the hparams.
-    """
-    train = load_manifest(hparams["train_csv"], hparams["data_folder"], SEGMENT_COLUMNS)
-    if not read_csv(hparams["valid_csv"], SEGMENT_COLUMNS):
-        raise ValueError(
-            f"Validation manifest {hparams['valid_csv']} has no rows: every training speaker has "
-            "too few utterances for a validation utterance. Set valid_segment_seconds (e.g. 2.0) "
-            "to validate them on held-out segments, or raise valid_ratio, and rerun (data prep "
-            "redoes the split)."
-        )
-    valid = load_manifest(hparams["valid_csv"], hparams["data_folder"], SEGMENT_COLUMNS)
-    train.add_dynamic_item(random_crop_pipeline(hparams["sample_rate"], hparams["segment_seconds"]))
-    valid.add_dynamic_item(segment_pipeline(hparams["sample_rate"], hparams["max_valid_seconds"]))
-    encoder_file = f"{hparams['save_folder']}/label_encoder.txt"
-    encoder = speaker_label_encoder(encoder_file, [train])
-    speakers = {row["spk_id"] for row in train.data.values()}
-    if set(encoder.lab2ind) != speakers:
-        raise ValueError(
-            f"{encoder_file} (written by an earlier run) names {len(encoder.lab2ind)} speakers but "
-            f"{hparams['train_csv']} has {len(speakers)} other ones: the data prep changed under "
-            "an existing experiment. Use a new --output_folder (or remove the old one)."
-        )
-    unknown = sorted({row["spk_id"] for row in valid.data.values()} - set(encoder.lab2ind))
-    if unknown:
-        raise ValueError(
-            f"Validation manifest {hparams['valid_csv']} has speakers absent from training "
-            f"({unknown[:5]}...): validation must use the training speakers (rerun data prep)."
-        )
-    for ds in (train, valid):
-        ds.add_dynamic_item(label_pipeline(encoder))
-        ds.set_output_keys(["id", "sig", "spk_id", "spk_id_encoded"])
-    return train, valid, encoder

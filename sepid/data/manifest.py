@@ -5,6 +5,7 @@ data; recipes replace ``$data_root`` through SpeechBrain's ``replacements``.
 """
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -12,10 +13,11 @@ import os
 import tempfile
 from pathlib import Path
 
+from sepid.data.schema import PREP_OPTIONS_FILE
+
 logger = logging.getLogger(__name__)
 
 DATA_ROOT = "$data_root"
-PREP_OPTIONS_FILE = "prep_options.json"
 
 
 def relative_to_root(path, root):
@@ -35,17 +37,21 @@ def resolve_path(path, data_root):
     return str(path).replace(DATA_ROOT, str(data_root))
 
 
-def write_atomic(path, text):
-    """Writes text to ``path`` through a temporary file and ``os.replace``: readers see the old
-    file or the whole new one, never a half-written one. Permissions follow the umask, as for a
-    plain ``open``."""
+def write_atomic(path, content):
+    """Writes ``content`` (text, or bytes for a binary file) to ``path`` through a temporary file
+    ``.<name>.XXXXXXXX.tmp`` beside it and ``os.replace``: readers see the old file or the whole
+    new one, never a half-written one. Permissions follow the umask, as for a plain ``open``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
+        if isinstance(content, bytes | bytearray | memoryview):
+            with os.fdopen(fd, "wb") as f:
+                f.write(content)
+        else:
+            with os.fdopen(fd, "w", newline="") as f:
+                f.write(content)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the usual mode
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -87,6 +93,16 @@ def read_csv(path, required_columns=()):
                 "Regenerate it with the data prep script of this project."
             )
         return list(reader)
+
+
+def file_fingerprint(path):
+    """SHA-1 of a file's content, recorded in ``prep_options.json`` so that a changed input file
+    (trial list, speaker list, manifest) reruns the prep."""
+    sha = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
 
 
 def prep_is_done(save_folder, options, outputs):

@@ -1,10 +1,12 @@
 """Two-speaker mixtures: speaker splits, pairing, levels, clip-free scaling and writing, shared by
-``data_prep/make_mixtures.py`` (a fixed mixture corpus on disk) and :class:`DynamicMixingDataset`
-(new mixtures drawn on the fly every epoch, for training the joint recipe).
+:func:`sepid.data.mixture_corpus.make_mixtures` (a fixed mixture corpus on disk,
+``data_prep/make_mixtures.py``) and :class:`DynamicMixingDataset` (new mixtures drawn on the fly
+every epoch, for training the joint recipe).
 
 Both go through the same functions: :func:`split_speaker_pools` (which speakers and utterances
-each split draws from), :func:`draw_pair` (two utterances of two different speakers),
-:func:`draw_levels` (source levels) and :func:`mix_sources` (the mixing itself).
+each split draws from), :func:`draw_pair` (two utterances of two different speakers), and
+:class:`MixingOptions` (how they are mixed: :func:`draw_levels` for the source levels,
+:func:`mix_sources` for the mixing itself).
 
 Speaker splits (:func:`split_speaker_pools`)
 --------------------------------------------
@@ -15,7 +17,7 @@ Speaker splits (:func:`split_speaker_pools`)
   ``{"train": 50, "valid": 0, "test": 50}`` on VoxCeleb2's first 100 speakers reproduces the
   reference system: speakers 1-50 for training mixtures, 51-100 for test mixtures;
 - a list of speaker IDs, a comma-separated string or a speaker list file (one ID per line), as
-  ``--speakers`` of the prep scripts (:func:`sepid.data.prep.select_speakers`).
+  ``--speakers`` of the prep scripts (:func:`sepid.data.speakers.select_speakers`).
 
 Speaker sets are disjoint across splits (overlapping lists are an error), with one exception:
 ``valid`` given ``0`` (or ``None`` / an empty list) draws its mixtures from the **train speakers**
@@ -63,20 +65,18 @@ A source with (numerically) zero RMS cannot be set to a level: :func:`mix_source
 import functools
 import logging
 import math
-import os
 import random
 import struct
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 from speechbrain.dataio.batch import PaddedBatch
 
 from sepid.data.audio import audio_info, read_audio
-from sepid.data.manifest import read_csv, resolve_path
-from sepid.data.prep import UTT_COLUMNS, select_speakers
+from sepid.data.manifest import read_csv, resolve_path, write_atomic
+from sepid.data.schema import UTTERANCE_COLUMNS
+from sepid.data.speakers import select_speakers
 
 logger = logging.getLogger(__name__)
 
@@ -92,21 +92,6 @@ MAX_PEAK = 0.99
 SILENCE_RMS = 1e-6
 DB_DECIMALS = 4
 MAX_ATTEMPTS = 100
-
-MIXTURE_COLUMNS = [
-    "ID",
-    "duration",
-    "mix_wav",
-    "s1_wav",
-    "s2_wav",
-    "s1_spk",
-    "s2_spk",
-    "s1_class",
-    "s2_class",
-    "gain_db",
-    "s1_utt",
-    "s2_utt",
-]
 
 
 class SilentSourceError(ValueError):
@@ -137,6 +122,47 @@ def check_mixing_options(length_mode="min", gain_db_range=(0.0, 0.0), loudness="
             "comes from the two drawn source levels there; leave gain_db_range at (0, 0)."
         )
     return low, high
+
+
+@dataclass(frozen=True)
+class MixingOptions:
+    """How two drawn utterances become a mixture, the same for a written corpus
+    (:func:`sepid.data.mixture_corpus.make_mixtures`) and dynamic mixing
+    (:class:`DynamicMixingDataset`); checked when made (see the module docstring).
+
+    Attributes
+    ----------
+    length_mode : str
+        ``"min"`` (both cut to the shorter source) or ``"max"`` (the shorter zero-padded).
+    gain_db_range : tuple of float
+        Range of the uniform draw of s2's level relative to s1 (dB).
+    loudness : str
+        ``"none"`` (equal RMS, then ``gain_db``) or ``"librimix"`` (RMS levels in [-33, -25]).
+    min_duration : float
+        Shortest usable utterance (seconds; and, for a written corpus, shortest mixture).
+    seed : int
+        Base seed of the draws.
+    """
+
+    length_mode: str = "min"
+    gain_db_range: tuple = (0.0, 0.0)
+    loudness: str = "none"
+    min_duration: float = 1.0
+    seed: int = 1234
+
+    def __post_init__(self):
+        gains = check_mixing_options(self.length_mode, self.gain_db_range, self.loudness)
+        object.__setattr__(self, "gain_db_range", gains)
+        if self.min_duration < 0:
+            raise ValueError(f"min_duration={self.min_duration} must be >= 0.")
+
+    def draw_levels(self, rng):
+        """``(level_db, gain_db)`` of one mixture, see :func:`draw_levels`."""
+        return draw_levels(rng, self.gain_db_range, self.loudness)
+
+    def mix(self, s1, s2, level_db, gain_db):
+        """``(mix, s1, s2)``, see :func:`mix_sources`."""
+        return mix_sources(s1, s2, gain_db, self.length_mode, level_db)
 
 
 # --------------------------------------------------------------------------- speakers and pools
@@ -207,7 +233,7 @@ def load_sources(manifest, data_folder, min_duration=1.0):
     sources : dict
         Speaker -> list of :class:`Source` at least ``min_duration`` long, sorted by ID.
     """
-    rows = read_csv(manifest, UTT_COLUMNS)
+    rows = read_csv(manifest, UTTERANCE_COLUMNS)
     if not rows:
         raise ValueError(f"Manifest {manifest} has no rows. Rerun the data prep that writes it.")
     speakers = sorted({row["spk_id"] for row in rows})
@@ -490,15 +516,9 @@ def mix_sources(s1, s2, gain_db=0.0, length_mode="min", level_db=REF_LEVEL_DB):
 # --------------------------------------------------------------------------- writing
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_float_wav(path, signal, sample_rate):
-    """Writes a mono ``[time]`` signal as a 32-bit float WAV, atomically (temporary file, then
-    ``os.replace``). A fixed header (``fmt``, ``fact``, ``data``), unlike libsndfile's, which adds
+    """Writes a mono ``[time]`` signal as a 32-bit float WAV, atomically
+    (:func:`sepid.data.manifest.write_atomic`). A fixed header (``fmt``, ``fact``, ``data``), unlike libsndfile's, which adds
     a time-stamped ``PEAK`` chunk: the same signal always gives the same bytes."""
     if isinstance(signal, torch.Tensor):
         signal = signal.detach().cpu().numpy()
@@ -520,18 +540,7 @@ def write_float_wav(path, signal, sample_rate):
             struct.pack("<I", len(data)),
         ]
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header)
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_atomic(path, header + data)
 
 
 def corpus_sample_rate(pools):
@@ -554,8 +563,7 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
 
     Each item pairs two utterances of two different speakers (:func:`draw_pair`), each read as
     a random ``segment_seconds`` crop (only the crop is decoded; the whole utterance when
-    shorter, or when ``segment_seconds`` is None), mixed by :func:`mix_sources` with levels from
-    :func:`draw_levels`.
+    shorter, or when ``segment_seconds`` is None), mixed as ``mixing`` says.
 
     Arguments
     ---------
@@ -565,18 +573,16 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
     data_folder : str or Path
         Replaces ``$data_root`` in its paths.
     speakers : list, int, str or path
-        Speakers to draw from (as :func:`sepid.data.prep.select_speakers`); a speaker's class is its
-        index in the sorted list.
+        Speakers to draw from (as :func:`sepid.data.speakers.select_speakers`); a speaker's class
+        is its index in the sorted list.
     n_mix : int
         Items per epoch.
     segment_seconds : float, optional
         Crop length of each source; None: whole utterances.
     sample_rate : int, optional
         Output rate; None: the rate of the first usable file (sorted by ID).
-    length_mode, gain_db_range, loudness, min_duration :
-        As :func:`data_prep.make_mixtures.make_mixtures`.
-    seed : int
-        Base seed of the draws.
+    mixing : MixingOptions, optional
+        Levels, length mode, shortest utterance and seed (default: ``MixingOptions()``).
     exclude_utts, include_utts : iterable of str, optional
         Utterance IDs never drawn / the only ones drawn.
     """
@@ -589,20 +595,16 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         n_mix,
         segment_seconds=None,
         sample_rate=None,
-        length_mode="min",
-        gain_db_range=(0.0, 0.0),
-        loudness="none",
-        min_duration=1.0,
-        seed=1234,
+        mixing=None,
         exclude_utts=None,
         include_utts=None,
     ):
-        self.gain_db_range = check_mixing_options(length_mode, gain_db_range, loudness)
+        self.mixing = MixingOptions() if mixing is None else mixing
         if int(n_mix) < 1:
             raise ValueError(f"n_mix={n_mix}: a dynamic-mixing epoch needs at least one item.")
         if segment_seconds is not None and segment_seconds <= 0:
             raise ValueError(f"segment_seconds={segment_seconds} must be positive (or None).")
-        available, sources = load_sources(manifest, data_folder, min_duration)
+        available, sources = load_sources(manifest, data_folder, self.mixing.min_duration)
         selected = select_speakers(available, speakers, f"manifest {manifest}")
         exclude = set(exclude_utts or ())
         include = None if include_utts is None else set(include_utts)
@@ -616,10 +618,6 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         self.n_mix = int(n_mix)
         self.segment_seconds = segment_seconds
         self.sample_rate = int(sample_rate or corpus_sample_rate([self.pool]))
-        self.length_mode = length_mode
-        self.loudness = loudness
-        self.min_duration = min_duration
-        self.seed = int(seed)
         self.epoch = 0
 
     @classmethod
@@ -631,16 +629,18 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
         n_mix,
         split_speakers=None,
         valid_utt_fraction=0.1,
-        min_duration=1.0,
+        mixing=None,
         **kwargs,
     ):
         """The dataset of one split with the speakers and utterances that
-        :func:`data_prep.make_mixtures.make_mixtures` gives it for the same ``split_speakers``,
-        ``valid_utt_fraction`` and ``min_duration`` (train excludes the held-out valid
-        utterances when valid shares the train speakers). Other arguments as the constructor."""
+        :func:`sepid.data.mixture_corpus.make_mixtures` gives it for the same
+        ``split_speakers``, ``valid_utt_fraction`` and ``mixing.min_duration`` (train excludes
+        the held-out valid utterances when valid shares the train speakers). Other arguments as
+        the constructor."""
         if split not in SPLITS:
             raise ValueError(f"split={split!r}: use one of {SPLITS}.")
-        available, sources = load_sources(manifest, data_folder, min_duration)
+        mixing = MixingOptions() if mixing is None else mixing
+        available, sources = load_sources(manifest, data_folder, mixing.min_duration)
         speakers, valid_from_train = select_split_speakers(
             available, split_speakers, f"manifest {manifest}"
         )
@@ -658,7 +658,7 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
             data_folder,
             speakers[split],
             n_mix,
-            min_duration=min_duration,
+            mixing=mixing,
             exclude_utts=exclude,
             include_utts=include,
             **kwargs,
@@ -694,13 +694,13 @@ class DynamicMixingDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         if not 0 <= index < self.n_mix:
             raise IndexError(f"index {index} out of range for {self.n_mix} mixtures")
-        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        rng = np.random.default_rng([self.mixing.seed, self.epoch, int(index)])
         for _ in range(MAX_ATTEMPTS):
             u1, u2 = draw_pair(rng, self.pool)
-            level_db, gain_db = draw_levels(rng, self.gain_db_range, self.loudness)
+            level_db, gain_db = self.mixing.draw_levels(rng)
             sig1, sig2 = self._read(rng, u1), self._read(rng, u2)
             try:
-                mix, s1, s2 = mix_sources(sig1, sig2, gain_db, self.length_mode, level_db)
+                mix, s1, s2 = self.mixing.mix(sig1, sig2, level_db, gain_db)
             except SilentSourceError:
                 continue
             break

@@ -1,20 +1,24 @@
-"""Logic shared by the data prep scripts (``data_prep/voxceleb_prepare.py`` and
-``data_prep/folder_prepare.py``): speaker selection, deterministic splits, trial lists, the
-audio scan with bad-file handling, and writing the manifests.
+"""What the speaker preps (:func:`sepid.data.voxceleb.prepare_voxceleb`,
+:func:`sepid.data.folder.prepare_folder`) share: their options (:class:`PrepOptions`),
+deterministic splits, generated trial lists, the audio scan with bad-file handling, writing the
+manifests, and the command-line options of their scripts (``data_prep/*.py``). Each prepare
+function lists its corpus, selects speakers (:mod:`sepid.data.speakers`), calls
+:func:`scan_audio`, makes its trial list from what the scan found, and hands everything to
+:func:`write_manifests`; nothing here calls back into it.
 
-Outputs (in ``save_folder``)
-----------------------------
-Utterance manifests, CSV columns ``ID, duration, wav, spk_id`` (:data:`UTT_COLUMNS`); ``duration``
+Outputs (in ``save_folder``; names and columns in :mod:`sepid.data.schema`)
+---------------------------------------------------------------------------
+Utterance manifests, CSV columns ``ID, duration, wav, spk_id`` (``UTTERANCE_COLUMNS``); ``duration``
 in seconds, ``wav`` as ``$data_root/<path relative to data_folder>``, rows sorted by ``ID``:
 
 - ``train.csv``, ``valid.csv``: speaker-classifier training and validation, with two more columns
-  ``start, stop`` (:data:`SEGMENT_COLUMNS`, seconds): the part of the file a row stands for (the
+  ``start, stop`` (``SEGMENT_COLUMNS``, seconds): the part of the file a row stands for (the
   whole file, ``0`` to its duration, except for held-out segments, below); ``duration`` is
   ``stop - start`` there;
 - ``iden_enrol.csv``, ``iden_test.csv``: closed-set identification enrolment and test;
 - ``veri_utts.csv``: every utterance named in the trial list, once (written with trials only).
 
-``veri_trials.csv`` (columns ``label, enrol, test``, :data:`TRIAL_COLUMNS`): label ``1`` for a
+``veri_trials.csv`` (columns ``label, enrol, test``, ``TRIAL_COLUMNS``): label ``1`` for a
 target (same speaker) trial and ``0`` otherwise; ``enrol`` and ``test`` are utterance IDs of
 ``veri_utts.csv``.
 
@@ -45,11 +49,8 @@ then stops where the segment starts, so training never sees it. Its ``valid.csv`
 ``<utterance ID>@<start>`` . A speaker with no utterance long enough is not validated (logged).
 So a corpus of one utterance per speaker still gets a validation set of every speaker.
 
-Speaker selection (:func:`select_speakers`)
-------------------------------------------
-``"all"``; an int ``N``: the first ``N`` speaker IDs in sorted (string) order, as the reference
-system did with VoxCeleb2's first 100; a list of IDs; or a path to a text file with one ID per
-line (blank lines and ``#`` comments ignored). An unknown ID is an error that names it.
+Speaker selection: :func:`sepid.data.speakers.select_speakers` (``"all"``, the first N sorted,
+a list of IDs or a file of IDs).
 
 Audio checks (:func:`scan_audio`)
 --------------------------------
@@ -81,39 +82,29 @@ was added are prepared again.
 import argparse
 import collections
 import concurrent.futures
-import hashlib
 import logging
 import math
 import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sepid.data.audio import SILENT_PEAK, AudioError, check_audio
 from sepid.data.manifest import relative_to_root, save_prep_options, write_atomic, write_csv
+from sepid.data.schema import (
+    BAD_FILES_TXT,
+    PREP_OPTIONS_FILE,
+    SEGMENT_COLUMNS,
+    SPLIT_FILES,
+    TRIAL_COLUMNS,
+    TRIAL_FILES,
+    UTTERANCE_COLUMNS,
+    VERI_TRIALS_CSV,
+    VERI_UTTS_CSV,
+)
+from sepid.data.speakers import parse_speakers_arg
 
 logger = logging.getLogger(__name__)
-
-UTT_COLUMNS = ["ID", "duration", "wav", "spk_id"]
-SEGMENT_COLUMNS = [*UTT_COLUMNS, "start", "stop"]  # train.csv and valid.csv
-TRIAL_COLUMNS = ["label", "enrol", "test"]
-
-TRAIN_CSV = "train.csv"
-VALID_CSV = "valid.csv"
-IDEN_ENROL_CSV = "iden_enrol.csv"
-IDEN_TEST_CSV = "iden_test.csv"
-VERI_TRIALS_CSV = "veri_trials.csv"
-VERI_UTTS_CSV = "veri_utts.csv"
-BAD_FILES_TXT = "bad_files.txt"
-PREP_OPTIONS_JSON = "prep_options.json"
-
-SPLIT_FILES = {
-    "train": TRAIN_CSV,
-    "valid": VALID_CSV,
-    "iden_enrol": IDEN_ENROL_CSV,
-    "iden_test": IDEN_TEST_CSV,
-}
-TRIAL_FILES = {"veri_trials": VERI_TRIALS_CSV, "veri_utts": VERI_UTTS_CSV}
 
 EXPECTED_RATE = 16000
 SCAN_CHUNK = 2000
@@ -158,6 +149,41 @@ class ScanResult:
         return utt_id in self.durations and utt_id not in self.short
 
 
+@dataclass(frozen=True)
+class PrepOptions:
+    """The options every speaker prep shares: how the audio is checked (:func:`scan_audio`) and
+    how each speaker's utterances are split (:func:`split_speaker_utterances`). The prepare
+    functions take them as named arguments (their user-facing API) and pass them on as one.
+
+    Attributes
+    ----------
+    n_iden_enrol, n_iden_test : int
+        Identification enrolment (from the train part) and test utterances per speaker.
+    valid_ratio : float
+        Fraction of each speaker's non-test utterances used for validation.
+    valid_segment_seconds : float
+        Held-out validation segment of each speaker left with no validation utterance (0: none).
+    min_duration : float
+        Shorter files are left out of train / valid / identification.
+    skip_bad_files : bool
+        Leave bad and silent files out (listed in ``bad_files.txt``) instead of raising / keeping.
+    seed : int
+        Seed of the per-speaker shuffles.
+    """
+
+    n_iden_enrol: int = 3
+    n_iden_test: int = 2
+    valid_ratio: float = 0.1
+    valid_segment_seconds: float = 0.0
+    min_duration: float = 1.0
+    skip_bad_files: bool = False
+    seed: int = 1234
+
+    def record(self):
+        """The options as recorded in ``prep_options.json``."""
+        return asdict(self)
+
+
 # --------------------------------------------------------------------------- options and outputs
 
 
@@ -179,132 +205,11 @@ def output_paths(save_folder, with_trials):
     files = dict(SPLIT_FILES)
     if with_trials:
         files.update(TRIAL_FILES)
-    files["prep_options"] = PREP_OPTIONS_JSON
+    files["prep_options"] = PREP_OPTIONS_FILE
     paths = {key: str(save_folder / name) for key, name in files.items()}
     if (save_folder / BAD_FILES_TXT).is_file():
         paths["bad_files"] = str(save_folder / BAD_FILES_TXT)
     return paths
-
-
-def file_fingerprint(path):
-    """SHA-1 of a file's content, so a changed trial or speaker list reruns the prep."""
-    sha = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
-def speakers_option(speakers):
-    """JSON form of a ``speakers`` argument for ``prep_options.json`` (a file is recorded with
-    its absolute path and content hash)."""
-    if speakers is None or isinstance(speakers, int | list | tuple) or speakers == "all":
-        return list(speakers) if isinstance(speakers, tuple) else speakers
-    path = Path(speakers)
-    if path.is_file():
-        return {"file": str(path.resolve()), "sha1": file_fingerprint(path)}
-    return str(speakers)
-
-
-def parse_speakers_arg(value):
-    """Parses a ``--speakers`` command-line value.
-
-    ``all``; digits: the first N speakers; an existing file: one ID per line; otherwise a comma
-    separated list of IDs (write ``1688,`` to select the single speaker with numeric ID 1688);
-    ``none`` (case-insensitive) gives ``None``.
-    """
-    value = value.strip()
-    if value.lower() == "none":
-        return None
-    if value == "all":
-        return "all"
-    if value.isdigit():
-        return int(value)
-    if os.path.isfile(value):
-        return value
-    ids = [v.strip() for v in value.split(",") if v.strip()]
-    if not ids:
-        raise ValueError(f"Empty speaker list {value!r}: give all, N, id1,id2 or a file path.")
-    return ids
-
-
-# --------------------------------------------------------------------------- speaker selection
-
-
-def load_speaker_file(path):
-    """Speaker IDs of a text file, one per line (blank lines and ``#`` comments ignored)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Speaker list file not found: {path}.")
-    ids = []
-    with open(path) as f:
-        for line in f:
-            line = line.split("#", 1)[0].strip()
-            if line:
-                ids.append(line)
-    if not ids:
-        raise ValueError(f"Speaker list file {path} names no speaker (one ID per line).")
-    return ids
-
-
-def select_speakers(available, speakers, source="the data folder"):
-    """Sorted speaker IDs chosen from ``available`` (see the module docstring).
-
-    Arguments
-    ---------
-    available : iterable of str
-        Speaker IDs found in the data.
-    speakers : str, int, list or path
-        ``"all"``, an int N (first N in sorted order), a list of IDs or a speaker list file.
-    source : str
-        Where the speakers were found, for error messages.
-
-    Returns
-    -------
-    list of str
-        Sorted, unique speaker IDs.
-    """
-    available = sorted(set(available))
-    if speakers is None or isinstance(speakers, bool):
-        raise TypeError(f"speakers={speakers!r}: give 'all', an int, a list of IDs or a file.")
-    if speakers == "all":
-        return available
-    if isinstance(speakers, int):
-        if speakers <= 0:
-            raise ValueError(f"speakers={speakers}: the number of speakers must be positive.")
-        if speakers > len(available):
-            raise ValueError(
-                f"speakers={speakers} asks for the first {speakers} speakers, but only "
-                f"{len(available)} are available in {source}. Use speakers='all' or fewer."
-            )
-        return available[:speakers]
-    if isinstance(speakers, str | os.PathLike):
-        text = str(speakers)
-        if os.path.isfile(text):
-            wanted = load_speaker_file(text)
-            source_list = f"speaker list file {text}"
-        elif "," in text:
-            wanted = [s.strip() for s in text.split(",") if s.strip()]
-            source_list = "the speakers argument"
-        elif os.sep in text or text.endswith((".txt", ".lst", ".list")):
-            raise FileNotFoundError(f"Speaker list file not found: {text}.")
-        else:
-            wanted = [text]
-            source_list = "the speakers argument"
-    else:
-        wanted = [str(s) for s in speakers]
-        source_list = "the speakers argument"
-    if not wanted:
-        raise ValueError("Empty speaker list: give 'all', an int, a list of IDs or a file.")
-    known = set(available)
-    unknown = [s for s in dict.fromkeys(wanted) if s not in known]
-    if unknown:
-        raise ValueError(
-            f"Unknown speaker ID(s) in {source_list}: {unknown[:10]}"
-            f"{f' and {len(unknown) - 10} more' if len(unknown) > 10 else ''}; they are not "
-            f"in {source} ({len(available)} speakers, e.g. {available[:5]})."
-        )
-    return sorted(set(wanted))
 
 
 # --------------------------------------------------------------------------- splits
@@ -535,65 +440,6 @@ def scan_audio(utterances, min_duration=1.0, skip_bad_files=False, num_workers=4
 # --------------------------------------------------------------------------- trials
 
 
-def read_trial_file(trial_file, resolve, skip_bad_files=False, search_root=None):
-    """Reads a verification list in the standard ``label enrol_path test_path`` format.
-
-    Arguments
-    ---------
-    trial_file : str or Path
-        The list, one trial per line (e.g. VoxCeleb1's ``veri_test2.txt``).
-    resolve : callable
-        ``resolve(path_in_list) -> Utterance or None`` (None: no such file).
-    skip_bad_files : bool
-        Skip trials naming a missing file (listed in the returned ``bad``) instead of raising.
-    search_root : str, optional
-        Where files were looked for, for error messages.
-
-    Returns
-    -------
-    trials : list of tuple
-        ``(label, enrol Utterance, test Utterance)``, in file order.
-    bad : list of tuple
-        ``(description, reason)`` of skipped trials.
-    """
-    trial_file = Path(trial_file)
-    if not trial_file.is_file():
-        raise FileNotFoundError(f"Verification trial file not found: {trial_file}.")
-    trials, bad = [], []
-    where = f" under {search_root}" if search_root else ""
-    with open(trial_file) as f:
-        for line_no, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 3 or fields[0] not in ("0", "1"):
-                raise ValueError(
-                    f"{trial_file}, line {line_no}: expected 'label enrol_path test_path' with "
-                    f"label 0 or 1, got {line.strip()!r}."
-                )
-            utts = []
-            for rel in fields[1:]:
-                utt = resolve(rel)
-                if utt is None:
-                    if not skip_bad_files:
-                        raise FileNotFoundError(
-                            f"Trial file {trial_file}, line {line_no}: audio file {rel} not "
-                            f"found{where}. Check that the data folder matches the trial list, "
-                            "or run with skip_bad_files=True (--skip_bad_files) to skip such "
-                            "trials."
-                        )
-                    bad.append((f"{trial_file}:{line_no}: {rel}", "trial names a missing file"))
-                    break
-                utts.append(utt)
-            if len(utts) == 2:
-                trials.append((int(fields[0]), utts[0], utts[1]))
-    if bad:
-        logger.warning("Skipped %d trial(s) of %s naming missing files", len(bad), trial_file)
-    if not trials:
-        raise ValueError(f"Trial file {trial_file} holds no usable trial.")
-    return trials, bad
-
-
 def _sample_excluding(rng, total, block_start, block_end, k):
     """``k`` distinct indices of ``range(total)`` outside ``[block_start, block_end)``."""
     width = block_end - block_start
@@ -697,7 +543,7 @@ def generate_trials(utts_by_spk, trials_per_utterance=5, n_trials=None, seed=123
 
 
 def utterance_rows(ids, utterances, durations, data_folder):
-    """Manifest rows (:data:`UTT_COLUMNS`) of ``ids``, sorted by ID."""
+    """Manifest rows (:data:`~sepid.data.schema.UTTERANCE_COLUMNS`) of ``ids``, sorted by ID."""
     rows = []
     for utt_id in sorted(ids):
         utt = utterances[utt_id]
@@ -713,7 +559,7 @@ def utterance_rows(ids, utterances, durations, data_folder):
 
 
 def segment_rows(rows, cuts, part):
-    """:data:`SEGMENT_COLUMNS` rows from utterance rows: the whole file (``start`` 0, ``stop``
+    """:data:`~sepid.data.schema.SEGMENT_COLUMNS` rows from utterance rows: the whole file (``start`` 0, ``stop``
     its duration), except for the utterances in ``cuts`` (ID -> second), cut there:
     ``part="head"`` keeps what comes before the cut (same ID), ``part="tail"`` what comes after
     it (ID ``<ID>@<cut>``)."""
@@ -749,40 +595,36 @@ def write_bad_files(save_folder, bad):
         path.unlink()
 
 
-def build_manifests(
+def write_manifests(
     save_folder,
     data_folder,
     utterances,
+    scan,
     train_speakers,
     options,
-    n_iden_enrol=3,
-    n_iden_test=2,
-    valid_ratio=0.1,
-    min_duration=1.0,
-    skip_bad_files=False,
-    seed=1234,
-    make_trials=None,
+    record,
+    trials=None,
     bad=(),
-    valid_segment_seconds=0.0,
 ):
-    """Scans the audio, splits, writes every manifest, then ``prep_options.json``.
+    """Splits the training speakers' usable utterances, writes every manifest, then
+    ``prep_options.json``.
 
     Arguments
     ---------
     save_folder, data_folder : str or Path
         Output folder; root the ``$data_root`` paths are relative to.
     utterances : dict
-        ID -> :class:`Utterance`, every file to scan (training speakers and trial files).
+        ID -> :class:`Utterance`, every scanned file (training speakers and trial files).
+    scan : ScanResult
+        What :func:`scan_audio` found in ``utterances``.
     train_speakers : iterable of str
         Speakers of train / valid / identification.
-    options : dict
+    options : PrepOptions
+        The split options.
+    record : dict
         Recorded in ``prep_options.json`` for :func:`sepid.data.manifest.prep_is_done`.
-    n_iden_enrol, n_iden_test, valid_ratio, seed, valid_segment_seconds :
-        See :func:`split_speaker_utterances`.
-    min_duration, skip_bad_files :
-        See :func:`scan_audio`.
-    make_trials : callable, optional
-        ``make_trials(scan: ScanResult) -> list of (label, enrol_id, test_id)``; None: no trials.
+    trials : list of tuple, optional
+        ``(label, enrol_id, test_id)`` of the verification list; None: no trial files.
     bad : list
         ``(path, reason)`` already found by the caller (missing trial files, failed conversions).
 
@@ -792,7 +634,6 @@ def build_manifests(
         Output paths, see :func:`output_paths`.
     """
     save_folder = Path(save_folder)
-    scan = scan_audio(utterances.values(), min_duration, skip_bad_files)
     train_speakers = set(train_speakers)
     by_spk = collections.defaultdict(list)
     for utt_id, utt in utterances.items():
@@ -808,17 +649,17 @@ def build_manifests(
     if not by_spk:
         raise ValueError(
             f"No usable training utterance in {data_folder} (all files bad or shorter than "
-            f"min_duration={min_duration} s)."
+            f"min_duration={options.min_duration} s)."
         )
     splits = split_speaker_utterances(
         by_spk,
-        n_iden_enrol,
-        n_iden_test,
-        valid_ratio,
-        seed,
+        options.n_iden_enrol,
+        options.n_iden_test,
+        options.valid_ratio,
+        options.seed,
         durations=scan.durations,
-        valid_segment_seconds=valid_segment_seconds,
-        min_duration=min_duration,
+        valid_segment_seconds=options.valid_segment_seconds,
+        min_duration=options.min_duration,
     )
     held_out = splits.pop("held_out")
     save_folder.mkdir(parents=True, exist_ok=True)
@@ -831,28 +672,29 @@ def build_manifests(
             rows = segment_rows(rows, {}, "tail") + segment_rows(tails, held_out, "tail")
             write_csv(save_folder / name, rows, SEGMENT_COLUMNS)
         else:
-            write_csv(save_folder / name, rows, UTT_COLUMNS)
+            write_csv(save_folder / name, rows, UTTERANCE_COLUMNS)
     logger.info(
         "Split %d speakers: %s, held-out validation segments=%d",
         len(by_spk),
         ", ".join(f"{k}={len(v)}" for k, v in splits.items()),
         len(held_out),
     )
-    if make_trials is not None:
-        trials = make_trials(scan)
+    if trials is not None:
         trial_rows = [{"label": lab, "enrol": e, "test": t} for lab, e, t in trials]
         veri_ids = {e for _, e, _ in trials} | {t for _, _, t in trials}
         rows = utterance_rows(veri_ids, utterances, scan.durations, data_folder)
         write_csv(save_folder / VERI_TRIALS_CSV, trial_rows, TRIAL_COLUMNS)
-        write_csv(save_folder / VERI_UTTS_CSV, rows, UTT_COLUMNS)
+        write_csv(save_folder / VERI_UTTS_CSV, rows, UTTERANCE_COLUMNS)
     write_bad_files(save_folder, list(bad) + scan.bad)
-    save_prep_options(save_folder, options)
-    return output_paths(save_folder, make_trials is not None)
+    save_prep_options(save_folder, record)
+    return output_paths(save_folder, trials is not None)
 
 
 def prep_arg_parser(description, data_folder_help):
-    """The command-line options every prep script shares (the ``prepare_*`` keyword arguments
-    of the same names); each script adds its own."""
+    """The command-line options every prep script (``data_prep/voxceleb_prepare.py``,
+    ``data_prep/folder_prepare.py``) shares: the ``prepare_*`` named arguments of the same names
+    (``--speakers`` parsed by :func:`sepid.data.speakers.parse_speakers_arg`); each script adds
+    its own."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data_folder", required=True, help=data_folder_help)
     parser.add_argument("--save_folder", required=True, help="Where the manifests go.")
@@ -876,13 +718,3 @@ def prep_arg_parser(description, data_folder_help):
     parser.add_argument("--skip_bad_files", action="store_true")
     parser.add_argument("--seed", type=int, default=1234)
     return parser
-
-
-def run_prep_cli(prepare, parser, argv=None):
-    """Parses ``argv``, runs ``prepare(**options)`` with INFO logging and logs its outputs."""
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    outputs = prepare(**vars(args))
-    for key, path in outputs.items():
-        logger.info("%s: %s", key, path)
-    return outputs

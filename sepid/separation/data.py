@@ -7,9 +7,9 @@ import speechbrain as sb
 import torch
 
 from sepid.data.audio import audio_info, read_audio
-from sepid.data.dataio import UTTERANCE_COLUMNS, load_manifest
+from sepid.data.dataio import load_manifest
 from sepid.data.manifest import read_csv, resolve_path
-from sepid.separation.separator import EVAL_MIXTURE_COLUMNS
+from sepid.data.schema import EVAL_MIXTURE_COLUMNS, UTTERANCE_COLUMNS
 from sepid.training.distributed import shard
 
 logger = logging.getLogger(__name__)
@@ -49,25 +49,26 @@ def mixture_dataset(test_csv, data_root, separator_rate, speaker_rate=None):
     return dataset, corpus_rate
 
 
-def mixture_speakers(hparams):
-    """Every speaker appearing in the test mixtures."""
-    rows = read_csv(hparams["test_csv"], EVAL_MIXTURE_COLUMNS)
+def mixture_speakers(test_csv):
+    """Every speaker appearing in the mixtures of ``test_csv``."""
+    rows = read_csv(test_csv, EVAL_MIXTURE_COLUMNS)
     return {r["s1_spk"] for r in rows} | {r["s2_spk"] for r in rows}
 
 
-def enrolment_signals(hparams, sample_rate):
+def enrolment_signals(enrol_csv, enrol_data_folder, speakers, sample_rate):
     """Clean enrolment utterances (speaker -> signals at the speaker model's ``sample_rate``) of
-    the speakers in the test mixtures, from ``enrol_csv`` (resolved against
-    ``enrol_data_folder``). Mixture speakers without enrolment are logged; their outputs can't be
-    identified by embedding and are excluded from that accuracy (and counted)."""
-    csv_path, root = hparams["enrol_csv"], hparams["enrol_data_folder"]
+    ``speakers`` (those of the test mixtures, :func:`mixture_speakers`), from ``enrol_csv``
+    (resolved against ``enrol_data_folder``). Mixture speakers without enrolment are logged;
+    their outputs can't be identified by embedding and are excluded from that accuracy (and
+    counted)."""
+    csv_path, root = enrol_csv, enrol_data_folder
     if csv_path is None or root is None:
         raise ValueError(
             "Speaker identification needs enrolment utterances: pass --enrol_csv (a manifest "
             "with utterances of the mixture speakers, e.g. the speaker data prep's "
             "iden_enrol.csv) and --enrol_data_folder (the corpus it resolves against)."
         )
-    wanted = mixture_speakers(hparams)
+    wanted = set(speakers)
     signals = {}
     for row in read_csv(csv_path, UTTERANCE_COLUMNS):
         if row["spk_id"] in wanted:
@@ -105,11 +106,11 @@ def log_rates(corpus_rate, separator_rate, separator):
 
 
 def written_mixture_dataset(csv_path, data_root, sample_rate, segment_seconds=None, random=True):
-    """Written mixtures (``data_prep/make_mixtures.py``) for training: ``s1_sig``, ``s2_sig`` at
-    ``sample_rate``, cut to the same ``segment_seconds`` window (the maximum training signal
-    length; random for training, the start for validation, ``random=False``; the mixture is
-    their sum, formed in the recipe after augmentation), and the speakers ``s1_spk``,
-    ``s2_spk``."""
+    """Written mixtures (:func:`sepid.data.mixture_corpus.make_mixtures`) for training:
+    ``s1_sig``, ``s2_sig`` at ``sample_rate``, cut to the same ``segment_seconds`` window (the
+    maximum training signal length; random for training, the start for validation,
+    ``random=False``; the mixture is their sum, formed in the recipe after augmentation), and the
+    speakers ``s1_spk``, ``s2_spk``."""
     dataset = load_manifest(csv_path, data_root, EVAL_MIXTURE_COLUMNS)
     max_len = None if segment_seconds is None else int(segment_seconds * sample_rate)
 

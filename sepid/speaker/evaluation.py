@@ -15,8 +15,15 @@ import torch
 import torchaudio
 from speechbrain.dataio.dataset import DynamicItemDataset
 
-from sepid.data.dataio import UTTERANCE_COLUMNS
 from sepid.data.manifest import read_csv, resolve_path, write_csv
+from sepid.data.schema import (
+    IDEN_ENROL_CSV,
+    IDEN_TEST_CSV,
+    TRIAL_COLUMNS,
+    UTTERANCE_COLUMNS,
+    VERI_TRIALS_CSV,
+    VERI_UTTS_CSV,
+)
 from sepid.report.plots import plot_det
 from sepid.speaker.metrics import verification_metrics
 from sepid.speaker.scoring import (
@@ -27,8 +34,6 @@ from sepid.speaker.scoring import (
 )
 
 logger = logging.getLogger(__name__)
-
-TRIAL_COLUMNS = ("label", "enrol", "test")
 
 
 def resolve_rows(csv_path, data_folder):
@@ -50,15 +55,15 @@ class VerificationSet:
 
     @classmethod
     def from_prep(cls, name, prep_folder, data_folder):
-        utts = {r["ID"]: r for r in resolve_rows(Path(prep_folder) / "veri_utts.csv", data_folder)}
-        trials_csv = Path(prep_folder) / "veri_trials.csv"
+        utts = {r["ID"]: r for r in resolve_rows(Path(prep_folder) / VERI_UTTS_CSV, data_folder)}
+        trials_csv = Path(prep_folder) / VERI_TRIALS_CSV
         trials = []
         for i, row in enumerate(read_csv(trials_csv, TRIAL_COLUMNS), start=2):
             for side in ("enrol", "test"):
                 if row[side] not in utts:
                     raise ValueError(
                         f"{trials_csv} line {i}: utterance {row[side]!r} is not in "
-                        f"{Path(prep_folder) / 'veri_utts.csv'}; rerun data prep."
+                        f"{Path(prep_folder) / VERI_UTTS_CSV}; rerun data prep."
                     )
             trials.append((int(row["label"]), row["enrol"], row["test"]))
         return cls(name, trials, {k: v["wav"] for k, v in utts.items()}, list(utts.values()))
@@ -86,8 +91,8 @@ class IdentificationSet:
 
     @classmethod
     def from_prep(cls, name, prep_folder, data_folder, closed_set=False, label_encoder=None):
-        enrol = resolve_rows(Path(prep_folder) / "iden_enrol.csv", data_folder)
-        test = resolve_rows(Path(prep_folder) / "iden_test.csv", data_folder)
+        enrol = resolve_rows(Path(prep_folder) / IDEN_ENROL_CSV, data_folder)
+        test = resolve_rows(Path(prep_folder) / IDEN_TEST_CSV, data_folder)
         return cls(name, enrol, test, closed_set, label_encoder)
 
     def empty_reason(self):

@@ -18,9 +18,7 @@ from pathlib import Path
 import torch
 from speechbrain.utils.checkpoints import mark_as_transfer, register_checkpoint_hooks
 
-from sepid.data.dataio import UTTERANCE_COLUMNS
-from sepid.data.manifest import read_csv
-from sepid.data.prep import select_speakers
+from sepid.data.speakers import speakers_of_manifest
 from sepid.speaker.encoder import set_classifier_outputs
 
 logger = logging.getLogger(__name__)
@@ -157,27 +155,36 @@ class ExportedClassifierWeights:
         self.classifier.load_state_dict(state)
 
 
-def speakers_of_manifest(manifest, speakers):
-    """The ``speakers`` selection (``"all"``, N, a list or a file) of a speaker manifest, sorted,
-    so the classes are the same on every run and on resume."""
-    if manifest is None:
-        raise ValueError(
-            "speaker_source is null (a fresh speaker branch from the base model): pass "
-            "--speaker_manifest, the speaker manifest (e.g. a data prep's train.csv) whose "
-            "train_speakers become the classes."
-        )
-    available = {r["spk_id"] for r in read_csv(manifest, UTTERANCE_COLUMNS)}
-    return sorted(select_speakers(available, speakers, f"manifest {manifest}"))
-
-
-def prepare_speaker_branch(hparams):
-    """Call after the ``Pretrainer`` has loaded: with ``speaker_source`` the label encoder and
-    classifier came from it; without, the classes are ``train_speakers`` of
+def prepare_speaker_branch(
+    label_encoder, classifier, speaker_source, speaker_manifest=None, train_speakers="all"
+):
+    """Call after the ``Pretrainer`` has loaded: with a ``speaker_source`` the label encoder and
+    classifier came from it; without (None), the classes are ``train_speakers`` of
     ``speaker_manifest`` and the classifier gets one output each (fresh). Checks that the two
-    agree; returns the label encoder."""
-    label_encoder, classifier = hparams["label_encoder"], hparams["classifier"]
-    if hparams["speaker_source"] is None:
-        selected = speakers_of_manifest(hparams["speaker_manifest"], hparams["train_speakers"])
+    agree; returns the label encoder.
+
+    Arguments
+    ---------
+    label_encoder : speechbrain.dataio.encoder.CategoricalEncoder
+        The branch's label encoder (filled here without a source).
+    classifier : speechbrain.lobes.models.ECAPA_TDNN.Classifier
+        The branch's cosine classifier (resized here without a source).
+    speaker_source : str or None
+        The exported speaker model the ``Pretrainer`` loaded, or None for a fresh branch.
+    speaker_manifest : str or Path, optional
+        Speaker manifest (e.g. a data prep's ``train.csv``) whose speakers are the classes of a
+        fresh branch; needed without ``speaker_source``.
+    train_speakers : str, int, list or path
+        The selection of its speakers (:func:`sepid.data.speakers.select_speakers`).
+    """
+    if speaker_source is None:
+        if speaker_manifest is None:
+            raise ValueError(
+                "speaker_source is null (a fresh speaker branch from the base model): pass "
+                "--speaker_manifest, the speaker manifest (e.g. a data prep's train.csv) whose "
+                "train_speakers become the classes."
+            )
+        selected = speakers_of_manifest(speaker_manifest, train_speakers)
         label_encoder.update_from_iterable(selected)
         set_classifier_outputs(classifier, len(selected))
         logger.info("Speaker branch from the base model, %d classes", len(selected))

@@ -1,4 +1,5 @@
-"""Tests of the data prep scripts (VoxCeleb layout, generic folders) and sepid.data.prep."""
+"""Tests of the speaker data prep (sepid.data.voxceleb, sepid.data.folder, sepid.data.prep,
+sepid.data.speakers) and its scripts (data_prep/voxceleb_prepare.py)."""
 
 import csv
 import logging
@@ -14,19 +15,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from data_prep import voxceleb_prepare
-from data_prep.folder_prepare import prepare_folder
 from data_prep.voxceleb_prepare import main as voxceleb_main
-from data_prep.voxceleb_prepare import prepare_voxceleb
+from sepid.data import voxceleb
+from sepid.data.folder import prepare_folder
 from sepid.data.manifest import read_csv, write_csv
-from sepid.data.prep import (
-    SEGMENT_COLUMNS,
-    TRIAL_COLUMNS,
-    UTT_COLUMNS,
-    generate_trials,
-    select_speakers,
-    split_speaker_utterances,
-)
+from sepid.data.prep import generate_trials, split_speaker_utterances
+from sepid.data.schema import SEGMENT_COLUMNS, TRIAL_COLUMNS
+from sepid.data.schema import UTTERANCE_COLUMNS as UTT_COLUMNS
+from sepid.data.speakers import select_speakers
+from sepid.data.voxceleb import prepare_voxceleb
 
 REPO = Path(__file__).resolve().parents[2]
 LIBRI = REPO / "tests/samples/librispeech-mini/test-other"
@@ -101,7 +98,7 @@ def test_voxceleb_manifests(vox, tmp_path):
     for key in ["train", "valid", "iden_enrol", "iden_test", "veri_utts"]:
         with open(out[key]) as f:
             expected = SEGMENT_COLUMNS if key in ("train", "valid") else UTT_COLUMNS
-            assert next(csv.reader(f)) == expected
+            assert next(csv.reader(f)) == list(expected)
         for row in read_csv(out[key]):
             assert resolve(row["wav"], data).is_file()
             assert row["wav"].startswith("$data_root/wav/")
@@ -525,7 +522,7 @@ def test_m4a_folder_not_writable(tmp_path, clips, monkeypatch):
     (bin_dir / "ffmpeg").chmod(0o755)
     monkeypatch.setenv("PATH", str(bin_dir))
     # chmod does not stop root, so the permission check itself is faked
-    monkeypatch.setattr(voxceleb_prepare, "_writable", lambda folder: False)
+    monkeypatch.setattr(voxceleb, "_writable", lambda folder: False)
     with pytest.raises(PermissionError, match="not writable") as err:
         prepare_voxceleb(data, tmp_path / "s")
     assert "id00001" in str(err.value) and "Copy the dataset" in str(err.value)
@@ -593,7 +590,7 @@ def test_folder_needs_two_trial_speakers(tmp_path):
         prepare_folder(LIBRI, tmp_path / "s", trial_speakers=["1688"])
 
 
-# ---------------------------------------------------------------------------------- sepid.data.prep
+# ------------------------------------------------------------- sepid.data.prep, sepid.data.speakers
 
 
 def test_split_rule_small_speakers(caplog):

@@ -1,4 +1,5 @@
-"""Tests of data_prep/make_mixtures.py and sepid.data.mixtures (two-speaker mixtures, dynamic mixing)."""
+"""Tests of sepid.data.mixture_corpus (make_mixtures), its script data_prep/make_mixtures.py and
+sepid.data.mixtures (two-speaker mixtures, dynamic mixing)."""
 
 import csv
 import json
@@ -16,20 +17,21 @@ import pytest
 import soundfile as sf
 import torch
 
-from data_prep import make_mixtures as mm
-from data_prep.folder_prepare import prepare_folder
 from data_prep.make_mixtures import main as mixtures_main
-from data_prep.make_mixtures import make_mixtures
+from sepid.data import mixture_corpus as mm
 from sepid.data.audio import AudioError
+from sepid.data.folder import prepare_folder
 from sepid.data.manifest import write_csv
+from sepid.data.mixture_corpus import make_mixtures
 from sepid.data.mixtures import (
     MAX_PEAK,
-    MIXTURE_COLUMNS,
     DynamicMixingDataset,
+    MixingOptions,
     SilentSourceError,
     mix_sources,
     mixture_collate,
 )
+from sepid.data.schema import MIXTURE_COLUMNS
 
 REPO = Path(__file__).resolve().parents[2]
 LIBRI = REPO / "tests/samples/librispeech-mini/test-other"
@@ -116,7 +118,7 @@ def test_outputs_columns_and_speaker_splits(corpus, mixed):
     utts = manifest_by_id(corpus[1])
     for split, n in N_MIX.items():
         with open(outputs[split], newline="") as f:
-            assert next(csv.reader(f)) == MIXTURE_COLUMNS
+            assert next(csv.reader(f)) == list(MIXTURE_COLUMNS)
         rows = read_rows(outputs[split])
         assert len(rows) == n
         for row in rows:
@@ -305,19 +307,20 @@ def test_interrupted_run_resumes(corpus, tmp_path, monkeypatch):
 KILL_MID_WRITE = """
 import os, signal, sys
 from pathlib import Path
-import sepid.data.mixtures
-from data_prep.make_mixtures import make_mixtures
+import sepid.data.manifest
+from sepid.data.mixture_corpus import make_mixtures
 
 real_replace, calls = os.replace, {"n": 0}
 
 def replace_then_die(src, dst):
-    # the third audio file of the run is fully written to its temporary file: kill -9 there
+    # after the in-progress marker, the third audio file of the run is fully written to its
+    # temporary file: kill -9 there
     calls["n"] += 1
-    if calls["n"] == 3:
+    if calls["n"] == 4:
         os.kill(os.getpid(), signal.SIGKILL)
     real_replace(src, dst)
 
-sepid.data.mixtures.os = type("os_proxy", (), {"__getattr__": lambda self, n: getattr(os, n),
+sepid.data.manifest.os = type("os_proxy", (), {"__getattr__": lambda self, n: getattr(os, n),
                                           "replace": staticmethod(replace_then_die)})()
 manifest, data, save = sys.argv[1:4]
 make_mixtures(
@@ -443,7 +446,12 @@ def test_dynamic_mixing_dataset(corpus):
     data, manifest = corpus
     spks = sorted({r["spk_id"] for r in read_rows(manifest)})[:4]
     ds = DynamicMixingDataset(
-        manifest, data, spks, n_mix=6, segment_seconds=1.0, gain_db_range=(-3.0, 3.0), seed=7
+        manifest,
+        data,
+        spks,
+        n_mix=6,
+        segment_seconds=1.0,
+        mixing=MixingOptions(gain_db_range=(-3.0, 3.0), seed=7),
     )
     assert len(ds) == 6 and ds.speakers == spks
     first = [ds[i] for i in range(3)]
@@ -466,7 +474,9 @@ def test_dynamic_mixing_dataset(corpus):
     ds.set_epoch(0)
     assert torch.equal(ds[1]["mix_sig"], first[1]["mix_sig"])
     # whole utterances, "max" mode: items of different lengths, then a padded batch
-    whole = DynamicMixingDataset(manifest, data, spks, n_mix=3, length_mode="max", sample_rate=8000)
+    whole = DynamicMixingDataset(
+        manifest, data, spks, n_mix=3, mixing=MixingOptions(length_mode="max"), sample_rate=8000
+    )
     batch = mixture_collate([whole[i] for i in range(3)])
     assert batch.mix_sig.data.shape[0] == 3
     assert batch.mix_sig.lengths.max() == 1.0 and torch.all(batch.mix_sig.lengths > 0)
