@@ -15,7 +15,8 @@ SpeechBrain has no option for it: the whole accumulated step is dropped (gradien
 optimizer or scheduler step) when any of its losses or gradients is non-finite, and
 :meth:`FiniteBrain.checkpoint_if_finite` refuses to save a stage whose loss or metrics are
 non-finite. With a gradient scaler (fp16) the scaler's own overflow handling is kept, and a
-dropped step backs its scale off the same way.
+dropped step backs its scale off the same way (scale times the backoff factor, growth tracker
+restarted); ``tests/unit/test_precision.py`` runs this path on the CPU.
 """
 
 import math
@@ -71,7 +72,13 @@ class FiniteBrain(sb.Brain):
         for opt in self.optimizers_dict.values() if self.optimizers_dict else [self.optimizer]:
             opt.zero_grad(set_to_none=True)
         if scaler_on:
-            self.scaler.update(self.scaler.get_scale() * self.scaler.get_backoff_factor())
+            # as the scaler backs off an overflow (torch's _amp_update_scale_): the scale times
+            # the backoff factor and the growth tracker restarted, through its public state dict
+            # (update(new_scale) sets the scale only: the next good step could grow it back)
+            state = self.scaler.state_dict()
+            state["scale"] *= state["backoff_factor"]
+            state["_growth_tracker"] = 0
+            self.scaler.load_state_dict(state)
         logger.warning(
             "Non-finite %s at optimizer step %d: step skipped, weights unchanged "
             "(%d skipped this epoch).",
