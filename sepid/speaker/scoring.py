@@ -21,7 +21,12 @@ __all__ = [
     "identification_accuracy",
 ]
 
-DEFAULT_CHUNK_SIZE = 65536
+# Trials scored per step: the step gathers two [chunk, D] blocks and their product (24 MiB at
+# D = 512), whatever the list's length; a larger chunk is no faster (the gathers leave the cache).
+DEFAULT_CHUNK_SIZE = 4096
+# Cohort scores held per step of the AS-norm statistics: COHORT_SCORES_PER_TRIAL * chunk_size
+# (4M float32, 16 MiB, by default).
+COHORT_SCORES_PER_TRIAL = 1024
 
 
 def _check_embeddings(embeddings, name):
@@ -189,7 +194,8 @@ def cosine_scores(table, trials, chunk_size=DEFAULT_CHUNK_SIZE):
     trials : iterable of (str, str)
         ``(enrol_id, test_id)`` pairs.
     chunk_size : int
-        Trials scored per step; memory is ``O(chunk_size * D)``.
+        Trials scored per step; memory is ``O(chunk_size * D)`` (about ``12 * chunk_size * D``
+        bytes) plus a float per trial, whatever the number of trials.
 
     Returns
     -------
@@ -215,14 +221,15 @@ def _cosine_rows(emb, enrol, test, chunk_size):
     return out
 
 
-def _cohort_stats(embeddings, cohort, top_n, chunk_size):
-    """Mean and (population) std of the ``top_n`` highest cohort scores of every row."""
-    rows_per_chunk = max(1, chunk_size * 64 // max(1, cohort.shape[0]))
-    means = torch.empty(embeddings.shape[0], dtype=torch.float32)
-    stds = torch.empty(embeddings.shape[0], dtype=torch.float32)
-    for start in range(0, embeddings.shape[0], rows_per_chunk):
+def _cohort_stats(embeddings, rows, cohort, top_n, chunk_size):
+    """Mean and (population) std of the ``top_n`` highest cohort scores of ``embeddings[rows]``,
+    a few rows at a time (the selected rows are gathered per step, never all at once)."""
+    rows_per_chunk = max(1, chunk_size * COHORT_SCORES_PER_TRIAL // max(1, cohort.shape[0]))
+    means = torch.empty(rows.shape[0], dtype=torch.float32)
+    stds = torch.empty(rows.shape[0], dtype=torch.float32)
+    for start in range(0, rows.shape[0], rows_per_chunk):
         stop = start + rows_per_chunk
-        scores = embeddings[start:stop] @ cohort.T
+        scores = embeddings[rows[start:stop]] @ cohort.T
         top = torch.topk(scores, k=top_n, dim=1, largest=True, sorted=False).values
         means[start:stop] = top.mean(dim=1)
         stds[start:stop] = top.std(dim=1, unbiased=False)
@@ -251,8 +258,8 @@ def asnorm_scores(table, trials, cohort, top_n=300, chunk_size=DEFAULT_CHUNK_SIZ
         Number of highest cohort scores used for the statistics; values above ``C`` are clipped
         to ``C`` with a warning (which is then plain S-norm).
     chunk_size : int
-        Bounds memory: trials per scoring step, and about ``64 * chunk_size`` cohort scores held
-        at once.
+        Bounds memory: trials per scoring step, and about ``1024 * chunk_size`` cohort scores
+        held at once (the distinct utterances' embeddings are gathered a step at a time too).
 
     Returns
     -------
@@ -290,7 +297,7 @@ def asnorm_scores(table, trials, cohort, top_n=300, chunk_size=DEFAULT_CHUNK_SIZ
     raw = _cosine_rows(table.embeddings, enrol, test, chunk_size)
     # statistics once per distinct utterance
     unique_rows, inverse = torch.unique(torch.cat([enrol, test]), return_inverse=True)
-    means, stds = _cohort_stats(table.embeddings[unique_rows], cohort, top_n, chunk_size)
+    means, stds = _cohort_stats(table.embeddings, unique_rows, cohort, top_n, chunk_size)
     logger.info(
         "AS-norm: %d trials, %d distinct utterances, cohort %d, top_n %d",
         enrol.shape[0],

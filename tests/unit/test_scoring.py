@@ -4,8 +4,11 @@ import logging
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from sepid.speaker.scoring import (
+    COHORT_SCORES_PER_TRIAL,
+    DEFAULT_CHUNK_SIZE,
     EmbeddingTable,
     asnorm_scores,
     classifier_accuracy,
@@ -101,6 +104,64 @@ def test_cosine_scores_chunking_matches_dense():
         emb[[i for i, _ in pairs]], emb[[j for _, j in pairs]]
     )
     torch.testing.assert_close(cosine_scores(table, trials, chunk_size=7), dense)
+
+
+class _LargestMatrix(TorchFunctionMode):
+    """Records the most rows of any 2-D tensor a torch call returns while the mode is on."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and out.dim() == 2:
+            self.rows = max(self.rows, out.shape[0])
+        return out
+
+
+def _random_trials(n_utts, n_trials, dim, seed):
+    torch.manual_seed(seed)
+    ids = [f"u{i}" for i in range(n_utts)]
+    table = EmbeddingTable(ids, torch.randn(n_utts, dim))
+    g = torch.Generator().manual_seed(seed + 1)
+    pairs = torch.randint(0, n_utts, (n_trials, 2), generator=g).tolist()
+    return table, [(ids[i], ids[j]) for i, j in pairs], pairs
+
+
+@pytest.mark.parametrize("chunk_size", [1, 5, 64, DEFAULT_CHUNK_SIZE, 10_000])
+def test_cosine_scores_identical_to_unchunked(chunk_size):
+    """Chunking changes memory only: the scores are bit-identical to one gather of all trials."""
+    table, trials, pairs = _random_trials(n_utts=50, n_trials=777, dim=32, seed=11)
+    emb = table.embeddings
+    unchunked = (emb[[i for i, _ in pairs]] * emb[[j for _, j in pairs]]).sum(dim=1)
+    assert torch.equal(cosine_scores(table, trials, chunk_size=chunk_size), unchunked)
+
+
+def test_scoring_never_gathers_more_than_a_chunk():
+    """Memory is bounded by the chunk, not the list: no tensor a scoring step makes has more
+    rows than ``chunk_size`` trials (cosine) or a step's share of the distinct utterances
+    (AS-norm; the cohort itself aside), far fewer than the 2,000 trials over 300 utterances."""
+    table, trials, _ = _random_trials(n_utts=300, n_trials=2000, dim=16, seed=12)
+    with _LargestMatrix() as seen:
+        cosine_scores(table, trials, chunk_size=64)
+    assert seen.rows == 64
+    cohort = torch.randn(40, 16)
+    rows_per_step = 1 * COHORT_SCORES_PER_TRIAL // cohort.shape[0]
+    with _LargestMatrix() as seen:
+        asnorm_scores(table, trials, cohort, top_n=10, chunk_size=1)
+    assert seen.rows <= max(rows_per_step, cohort.shape[0]) < 300
+
+
+def test_asnorm_identical_for_every_chunk_size():
+    """AS-norm statistics computed a few utterances at a time equal the one-step computation."""
+    table, trials, _ = _random_trials(n_utts=300, n_trials=2000, dim=16, seed=13)
+    cohort = torch.randn(40, 16)
+    one_step = asnorm_scores(table, trials, cohort, top_n=10)  # 300 utterances < one step
+    for chunk_size in (1, 2, 3, 64):
+        assert torch.equal(
+            asnorm_scores(table, trials, cohort, top_n=10, chunk_size=chunk_size), one_step
+        )
 
 
 # -------------------------------------------------------------------------------------- AS-norm
