@@ -1,25 +1,70 @@
-"""Shared fixtures: one tiny speaker experiment, trained once per test session by the real
-speaker recipe, for the tests that need a trained speaker model (joint, separation, YAMLs)."""
+"""Shared fixtures: the tiny random models (built once per test session, as the demo builds its
+own, and loaded by the real YAMLs through their ordinary ``wavlm_source`` / ``separator_source``),
+the recipes as the tests run them (real YAML + ``tests/hparams/*-overrides.yaml``), and one tiny
+speaker experiment trained once by the real speaker recipe, for the tests that need a trained
+speaker model (joint, separation)."""
 
 import re
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_script
+from sepid.tiny import save_tiny_sepformer, save_tiny_wavlm
+from tests.helpers import Recipe, run_script
 
 
 @pytest.fixture(scope="session")
-def speaker_experiment(tmp_path_factory):
-    """Output folder of a 1-epoch demo speaker training (tiny random WavLM)."""
+def tiny_wavlm(tmp_path_factory):
+    """A tiny random WavLM (``sepid.tiny.TINY_WAVLM``) saved with ``save_pretrained``: what the
+    tests pass as ``--wavlm_source`` in place of ``microsoft/wavlm-base-plus``."""
+    return save_tiny_wavlm(tmp_path_factory.mktemp("tiny-models") / "tiny-wavlm")
+
+
+@pytest.fixture(scope="session")
+def tiny_sepformer(tmp_path_factory):
+    """A tiny random SepFormer (``sepid.tiny.TINY_SEPFORMER``) in ``speechbrain/sepformer-whamr``'s
+    layout: the tests' ``--separator_source``."""
+    return save_tiny_sepformer(tmp_path_factory.mktemp("tiny-models") / "tiny-sepformer")
+
+
+@pytest.fixture(scope="session")
+def speaker_recipe(tiny_wavlm):
+    """``hparams/wavlm-lora-arcface.yaml`` + ``tests/hparams/speaker-overrides.yaml``."""
+    return Recipe(
+        "hparams/wavlm-lora-arcface.yaml",
+        "tests/hparams/speaker-overrides.yaml",
+        (f"--wavlm_source={tiny_wavlm}",),
+    )
+
+
+@pytest.fixture(scope="session")
+def joint_recipe(tiny_wavlm, tiny_sepformer):
+    """``hparams/sepformer-wavlm-speaker.yaml`` + ``tests/hparams/joint-overrides.yaml``."""
+    return Recipe(
+        "hparams/sepformer-wavlm-speaker.yaml",
+        "tests/hparams/joint-overrides.yaml",
+        (f"--wavlm_source={tiny_wavlm}", f"--separator_source={tiny_sepformer}"),
+    )
+
+
+@pytest.fixture(scope="session")
+def separation_recipe(tiny_sepformer):
+    """``hparams/separation-eval.yaml`` + ``tests/hparams/separation-overrides.yaml``."""
+    return Recipe(
+        "hparams/separation-eval.yaml",
+        "tests/hparams/separation-overrides.yaml",
+        (f"--separator_source={tiny_sepformer}",),
+    )
+
+
+@pytest.fixture(scope="session")
+def speaker_experiment(tmp_path_factory, speaker_recipe):
+    """Output folder of a 1-epoch speaker training of the tests' setting (tiny random WavLM)."""
     out = tmp_path_factory.mktemp("speaker-experiment")
     run_script(
-        [
-            "recipes/speaker/train.py",
-            "hparams/demo/wavlm-lora-arcface.yaml",
-            f"--output_folder={out}",
-            "--number_of_epochs=1",
-        ]
+        speaker_recipe.command(
+            "recipes/speaker/train.py", f"--output_folder={out}", "--number_of_epochs=1"
+        )
     )
     return out
 
@@ -36,21 +81,20 @@ def exported_speaker(speaker_experiment, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def joint_run(speaker_experiment, exported_speaker, tmp_path_factory):
-    """One epoch of the demo joint recipe on a few dynamic mixtures, its speaker branch from the
+def joint_run(speaker_experiment, exported_speaker, joint_recipe, tmp_path_factory):
+    """One epoch of the tests' joint setting on a few dynamic mixtures, its speaker branch from the
     exported speaker model; returns ``(output folder, log)``."""
     out = tmp_path_factory.mktemp("joint-run") / "run"
     log = run_script(
-        [
+        joint_recipe.command(
             "recipes/joint/train.py",
-            "hparams/demo/sepformer-wavlm-speaker.yaml",
             f"--output_folder={out}",
             f"--speaker_source={exported_speaker}",
             f"--speaker_manifest={Path(speaker_experiment) / 'prep' / 'train.csv'}",
             "--number_of_epochs=1",
             "--n_train_mixtures=4",
             "--n_valid_mixtures=2",
-        ]
+        )
     )
     return out, log
 

@@ -11,7 +11,6 @@ import pytest
 from sepid.training.experiment import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parents[2]
-YAML = "hparams/demo/wavlm-lora-arcface.yaml"
 TRAIN = "recipes/speaker/train.py"
 
 
@@ -55,10 +54,10 @@ def can_lock(folder):
     return check.stdout.strip() == "locked"
 
 
-def test_a_second_run_into_the_same_output_folder_is_refused(tmp_path):
+def test_a_second_run_into_the_same_output_folder_is_refused(tmp_path, speaker_recipe):
     holder = lock_holder(tmp_path)
     try:
-        err = fails(TRAIN, YAML, f"--output_folder={tmp_path}")
+        err = fails(*speaker_recipe.command(TRAIN, f"--output_folder={tmp_path}"))
         assert f"is in use by a running job (pid {holder.pid} on" in err
         assert "--output_folder=<another folder>" in err
         assert not (tmp_path / "prep").exists()  # refused before any work
@@ -79,7 +78,7 @@ def test_a_lock_of_a_killed_process_does_not_block(tmp_path):
 
 
 @pytest.mark.parametrize("folder", ["/proc/sepid-cannot-write", "READONLY"])
-def test_an_output_folder_that_cannot_be_written_is_named(tmp_path, folder):
+def test_an_output_folder_that_cannot_be_written_is_named(tmp_path, speaker_recipe, folder):
     if folder == "READONLY":
         readonly = tmp_path / "ro"
         readonly.mkdir()
@@ -87,15 +86,17 @@ def test_an_output_folder_that_cannot_be_written_is_named(tmp_path, folder):
         folder = readonly / "out"
         if subprocess.run(["touch", str(readonly / "x")], capture_output=True).returncode == 0:
             pytest.skip("running as a user who can write into read-only folders (root)")
-    err = fails(TRAIN, YAML, f"--output_folder={folder}")
+    err = fails(*speaker_recipe.command(TRAIN, f"--output_folder={folder}"))
     assert f"Cannot write to the output folder {folder}" in err
     assert "--output_folder=<a writable folder>" in err
 
 
-def test_an_override_of_the_wrong_type_is_refused_before_any_work(tmp_path):
-    err = fails(TRAIN, YAML, f"--output_folder={tmp_path}", "--batch_size", "abc")
+def test_an_override_of_the_wrong_type_is_refused_before_any_work(tmp_path, speaker_recipe):
+    err = fails(
+        *speaker_recipe.command(TRAIN, f"--output_folder={tmp_path}", "--batch_size", "abc")
+    )
     assert "--batch_size='abc': expected a number" in err
-    assert "batch_size: 8" in err  # the YAML's default, to compare with
+    assert "batch_size: 32" in err  # the YAML's default, to compare with
     assert not (tmp_path / "prep").exists()
 
 
@@ -106,8 +107,10 @@ def test_an_override_of_the_wrong_type_is_refused_before_any_work(tmp_path):
         ("--batch_size=1000", "fewer than batch_size 1000"),
     ],
 )
-def test_data_that_cannot_train_is_refused_before_training(tmp_path, override, message):
-    err = fails(TRAIN, YAML, f"--output_folder={tmp_path}", override)
+def test_data_that_cannot_train_is_refused_before_training(
+    tmp_path, speaker_recipe, override, message
+):
+    err = fails(*speaker_recipe.command(TRAIN, f"--output_folder={tmp_path}", override))
     assert message in err
     assert not list((tmp_path / "save").glob("CKPT+*"))
     assert not (tmp_path / "train_log.txt").exists()
@@ -130,24 +133,21 @@ def test_make_mixtures_refuses_a_folder_in_use(tmp_path):
         holder.wait()
 
 
-def test_speaker_recipe_skips_a_nan_batch_and_never_checkpoints_it(tmp_path):
+def test_speaker_recipe_skips_a_nan_batch_and_never_checkpoints_it(tmp_path, speaker_recipe):
     """Issue 10 row 1 on the real SpeakerBrain: a batch with a NaN sample (a float wav with NaN
     that got past prep) neither steps nor gets checkpointed; a finite batch then trains."""
     import importlib.util
 
     import speechbrain as sb
     import torch
-    from hyperpyyaml import load_hyperpyyaml
     from speechbrain.dataio.batch import PaddedBatch
 
     spec = importlib.util.spec_from_file_location("speaker_train", ROOT / TRAIN)
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
-    with open(ROOT / YAML) as f:
-        hparams = load_hyperpyyaml(
-            f,
-            {"output_folder": str(tmp_path), "n_speakers": 2, "augment": False, "total_steps": 100},
-        )
+    hparams = speaker_recipe.load(
+        f"--output_folder={tmp_path}", "--n_speakers=2", "--augment=False", "--total_steps=100"
+    )
     brain = recipe.SpeakerBrain(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],

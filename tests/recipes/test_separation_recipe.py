@@ -11,7 +11,7 @@ from tests.helpers import CORPUS, held_out_test_mixtures, run_script
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory, speaker_experiment, exported_speaker):
+def evaluated(tmp_path_factory, speaker_experiment, exported_speaker, separation_recipe):
     work = tmp_path_factory.mktemp("separation")
     speaker = speaker_experiment
     # Held-out utterances of the speaker model's training speakers, at the corpus's 16 kHz: the
@@ -20,15 +20,14 @@ def evaluated(tmp_path_factory, speaker_experiment, exported_speaker):
     held_out_test_mixtures(speaker, mixtures, 4)
     out = work / "eval"
     log = run_script(
-        [
+        separation_recipe.command(
             "recipes/separation/evaluate.py",
-            "hparams/demo/separation-eval.yaml",
             f"--output_folder={out}",
             f"--data_folder={mixtures}",
             f"--speaker_source={exported_speaker}",
             f"--enrol_csv={speaker / 'prep' / 'iden_enrol.csv'}",
             f"--enrol_data_folder={CORPUS}",
-        ]
+        )
     )
     return out / "eval", log
 

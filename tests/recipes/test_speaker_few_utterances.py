@@ -14,12 +14,11 @@ from pretrained_interfaces.export import export_speaker, load_run
 from sepid.data.manifest import read_csv
 from tests.helpers import CORPUS, run_script
 
-YAML = "hparams/demo/wavlm-lora-arcface.yaml"
 TRAIN_SPEAKERS = ["1688", "1998", "2033", "2414", "2609"]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, speaker_recipe):
     """One utterance (each speaker's longest) per training speaker, in a flat folder."""
     root = tmp_path_factory.mktemp("few")
     flat = root / "flat"
@@ -29,16 +28,16 @@ def run(tmp_path_factory):
         shutil.copy(longest, flat / longest.name)
     out = root / "run"
     common = [
-        YAML,
         f"--output_folder={out}",
         f"--data_folder={flat}",
         f"--eval_data_folder={CORPUS}",
         "--freeze_backbone=False",
     ]
+    train = "recipes/speaker/train.py"
     log = run_script(
-        ["recipes/speaker/train.py", *common, "--number_of_epochs=1", "--batch_size=4"]
+        speaker_recipe.command(train, *common, "--number_of_epochs=1", "--batch_size=4")
     )
-    eval_log = run_script(["recipes/speaker/evaluate.py", *common])
+    eval_log = run_script(speaker_recipe.command("recipes/speaker/evaluate.py", *common))
     return out, log, eval_log
 
 

@@ -31,7 +31,6 @@ from sepid.speaker.encoder import embed_in_chunks
 from tests.helpers import CORPUS, ROOT, run_script
 from tests.hub_server import HubServer
 
-YAML = "hparams/demo/wavlm-lora-arcface.yaml"
 TRAIN_SPEAKERS = {
     "1688": "1688-142285",
     "1998": "1998-15444",
@@ -68,12 +67,12 @@ def listing(folder):
 
 
 @pytest.fixture(scope="module")
-def run(speaker_experiment, tmp_path_factory):
+def run(speaker_experiment, speaker_recipe, tmp_path_factory):
     """A copy of the session's trained demo model, evaluated (eval/metrics.json: the model card
     results and the EER threshold)."""
     out = tmp_path_factory.mktemp("interface") / "run"
     shutil.copytree(speaker_experiment, out)
-    run_script(["recipes/speaker/evaluate.py", YAML, f"--output_folder={out}"])
+    run_script(speaker_recipe.command("recipes/speaker/evaluate.py", f"--output_folder={out}"))
     return out
 
 

@@ -11,11 +11,17 @@ import pytest
 from tests.helpers import run_script
 
 ROOT = Path(__file__).resolve().parents[2]
-YAML = "hparams/demo/wavlm-lora-arcface.yaml"
 
 
-def run(script, output_folder, *extra):
-    return run_script([script, YAML, f"--output_folder={output_folder}", *extra])
+@pytest.fixture(scope="module")
+def run(speaker_recipe):
+    """Runs a speaker script with the tests' setting into ``output_folder``."""
+
+    def run(script, output_folder, *extra):
+        command = speaker_recipe.command(script, f"--output_folder={output_folder}", *extra)
+        return run_script(command)
+
+    return run
 
 
 def train_losses(log_file):
@@ -23,7 +29,7 @@ def train_losses(log_file):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, run):
     out = tmp_path_factory.mktemp("speaker")
     # Margin 0 throughout (the schedule's hold phase) so the loss is comparable across epochs.
     log = run("recipes/speaker/train.py", out, "--number_of_epochs=2", "--margin_hold_steps=1000")
@@ -53,7 +59,7 @@ def test_training_loss_goes_down(trained):
     assert losses[1] < losses[0], losses
 
 
-def test_rerun_resumes_from_checkpoint(trained):
+def test_rerun_resumes_from_checkpoint(trained, run):
     out, _ = trained
     log = run("recipes/speaker/train.py", out, "--number_of_epochs=3", "--margin_hold_steps=1000")
     assert "Going into epoch 3" in log
@@ -61,7 +67,7 @@ def test_rerun_resumes_from_checkpoint(trained):
     assert len(train_losses(out / "train_log.txt")) == 3
 
 
-def test_evaluate_pretrained_and_finetuned_on_unseen_speakers(trained):
+def test_evaluate_pretrained_and_finetuned_on_unseen_speakers(trained, run):
     out, _ = trained
     # AS-norm with the training utterances as cohort (speakers disjoint from the trials)
     cohort = f"--cohort_csv={out / 'prep' / 'train.csv'}"

@@ -13,28 +13,29 @@ from pretrained_interfaces.export import export_speaker
 from sepid.tiny import save_tiny_ecapa
 from tests.helpers import run_script
 
-YAML = "hparams/demo/wavlm-lora-arcface.yaml"
 # |exported - checkpoint| cosine score: merged LoRA vs W + BA at every forward, float32 (the
 # embeddings agree to 1e-5, see test_speaker_interface.py)
 SCORE_ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def evaluated(speaker_experiment, tmp_path_factory):
+def evaluated(speaker_experiment, speaker_recipe, tmp_path_factory):
     root = tmp_path_factory.mktemp("sources")
     run = root / "run"
     shutil.copytree(speaker_experiment, run)
-    base = ["recipes/speaker/evaluate.py", YAML, f"--output_folder={run}"]
-    run_script(base)  # the run's checkpoint: run/eval (and the run's YAML names this folder)
+    evaluate = "recipes/speaker/evaluate.py"
+    # the run's checkpoint: run/eval (and the run's YAML names this folder)
+    run_script(speaker_recipe.command(evaluate, f"--output_folder={run}"))
     exported = export_speaker(run_folder=run, out=root / "exported")
     ecapa = save_tiny_ecapa(root / "tiny-ecapa")
     log = run_script(
-        [
-            *base,
+        speaker_recipe.command(
+            evaluate,
+            f"--output_folder={run}",
             f"--eval_folder={run / 'eval_sources'}",
             f"--speaker_source={exported}",
             f"--baseline_source={ecapa}",
-        ]
+        )
     )
     return run, log
 

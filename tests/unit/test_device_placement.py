@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import speechbrain as sb
 import torch
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.batch import PaddedBatch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -62,10 +61,9 @@ def load_recipe(path, name):
     return module
 
 
-def test_speaker_training_step_follows_the_device(tmp_path):
+def test_speaker_training_step_follows_the_device(tmp_path, speaker_recipe):
     recipe = load_recipe("recipes/speaker/train.py", "speaker_train")
-    with open(ROOT / "hparams/demo/wavlm-lora-arcface.yaml") as f:
-        hparams = load_hyperpyyaml(f, {"output_folder": str(tmp_path), "n_speakers": 3})
+    hparams = speaker_recipe.load(f"--output_folder={tmp_path}", "--n_speakers=3")
     brain = recipe.SpeakerBrain(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],

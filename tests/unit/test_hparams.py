@@ -9,7 +9,7 @@ import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 
 from sepid.tiny import build_tiny_wavlm, save_tiny_wavlm
-from sepid.training.overrides import override_args
+from sepid.training.overrides import override_args, read_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 # Not experiments: the demo's overrides of a real YAML, and tiny model sizes (tested below).
@@ -20,32 +20,25 @@ YAMLS = sorted(
     if not any(p.match(pattern) for pattern in NOT_EXPERIMENTS)
 )
 
-JOINT_YAMLS = ["hparams/sepformer-wavlm-speaker.yaml", "hparams/demo/sepformer-wavlm-speaker.yaml"]
-# Which YAMLs each script is run with (and the shared code those scripts hand hparams to).
+SPEAKER_YAML = "hparams/wavlm-lora-arcface.yaml"
+SEPARATION_YAML = "hparams/separation-eval.yaml"
+JOINT_YAML = "hparams/sepformer-wavlm-speaker.yaml"
+# Which YAML each script is run with (library code takes named arguments, not hparams).
 SCRIPTS = {
-    "recipes/speaker/train.py": [
-        "hparams/wavlm-lora-arcface.yaml",
-        "hparams/demo/wavlm-lora-arcface.yaml",
-    ],
-    "recipes/speaker/evaluate.py": [
-        "hparams/wavlm-lora-arcface.yaml",
-        "hparams/demo/wavlm-lora-arcface.yaml",
-    ],
-    "sepid/data/dataio.py": [
-        "hparams/wavlm-lora-arcface.yaml",
-        "hparams/demo/wavlm-lora-arcface.yaml",
-    ],
-    "recipes/separation/evaluate.py": [
-        "hparams/separation-eval.yaml",
-        "hparams/demo/separation-eval.yaml",
-    ],
-    "sepid/separation/data.py": [
-        "hparams/separation-eval.yaml",
-        "hparams/demo/separation-eval.yaml",
-    ],
-    "recipes/joint/train.py": JOINT_YAMLS,
-    "recipes/joint/evaluate.py": JOINT_YAMLS,
-    "sepid/speaker/source.py": JOINT_YAMLS,
+    "recipes/speaker/train.py": SPEAKER_YAML,
+    "recipes/speaker/evaluate.py": SPEAKER_YAML,
+    "recipes/separation/evaluate.py": SEPARATION_YAML,
+    "recipes/joint/train.py": JOINT_YAML,
+    "recipes/joint/evaluate.py": JOINT_YAML,
+}
+# The variants of an experiment are overrides files of its real YAML (the demo's, the tests').
+OVERRIDES = {
+    "hparams/demo/speaker-overrides.yaml": SPEAKER_YAML,
+    "hparams/demo/separation-overrides.yaml": SEPARATION_YAML,
+    "hparams/demo/joint-overrides.yaml": JOINT_YAML,
+    "tests/hparams/speaker-overrides.yaml": SPEAKER_YAML,
+    "tests/hparams/separation-overrides.yaml": SEPARATION_YAML,
+    "tests/hparams/joint-overrides.yaml": JOINT_YAML,
 }
 KEY_PATTERNS = (
     re.compile(r"hparams\[\"(\w+)\"\]"),
@@ -88,9 +81,27 @@ def test_every_key_a_script_reads_is_in_its_yamls(script):
     for pattern in KEY_PATTERNS:
         used |= set(pattern.findall(source))
     assert used, f"{script} reads no hparams? the pattern list needs updating"
-    for yaml_name in SCRIPTS[script]:
-        missing = used - top_level_keys(ROOT / yaml_name)
-        assert not missing, f"{script} reads {sorted(missing)} absent from {yaml_name}"
+    missing = used - top_level_keys(ROOT / SCRIPTS[script])
+    assert not missing, f"{script} reads {sorted(missing)} absent from {SCRIPTS[script]}"
+
+
+def test_every_overrides_file_is_listed():
+    found = {
+        str(p.relative_to(ROOT))
+        for folder in ("hparams", "tests/hparams")
+        for p in (ROOT / folder).rglob("*-overrides.yaml")
+    }
+    assert found == set(OVERRIDES)
+
+
+@pytest.mark.parametrize("overrides", sorted(OVERRIDES))
+def test_an_overrides_file_only_changes_keys_of_its_yaml(overrides):
+    """An override of a key the YAML does not have would be added silently and change nothing
+    (a typo, or a key renamed in the YAML): every key must be one of the real YAML's."""
+    unknown = set(read_overrides(ROOT / overrides)) - top_level_keys(ROOT / OVERRIDES[overrides])
+    assert not unknown, (
+        f"{overrides} overrides {sorted(unknown)}, absent from {OVERRIDES[overrides]}"
+    )
 
 
 def test_demo_speaker_overrides_apply_to_the_real_yaml(tmp_path):
@@ -139,3 +150,18 @@ def test_demo_tiny_wavlm_sizes_build_once(tmp_path):
     other.write_text("hidden_size: 64\n")
     with pytest.raises(FileExistsError, match="hidden_size"):
         build_tiny_wavlm(folder, config=other)
+
+
+def test_no_library_function_takes_the_hparams_dict():
+    """Library code takes named arguments (issue 12): a function of ``sepid/`` that took the whole
+    ``hparams`` would hide which keys it needs from readers and from the key check above."""
+    import ast
+
+    takers = []
+    for path in sorted((ROOT / "sepid").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                if any(a.arg == "hparams" for a in args):
+                    takers.append(f"{path.relative_to(ROOT)}::{node.name}")
+    assert not takers, f"these take the hparams dict; pass named arguments instead: {takers}"
