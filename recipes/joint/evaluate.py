@@ -39,7 +39,7 @@ from sepid.separation.data import (
 )
 from sepid.separation.evaluation import SeparationEvalBrain
 from sepid.separation.separator import interface_identifier, load_separator, module_identifier
-from sepid.speaker.source import load_speaker_interface, prepare_speaker_branch
+from sepid.speaker.source import load_speaker_interface
 from sepid.training.distributed import load_on_every_rank
 from sepid.training.experiment import start_experiment
 
@@ -58,13 +58,7 @@ if __name__ == "__main__":
     # Files fetched by the main process first (ranks fetching into one folder at once race).
     run_on_main(hparams["pretrainer"].collect_files)
     hparams["pretrainer"].load_collected()
-    label_encoder = prepare_speaker_branch(
-        label_encoder=hparams["label_encoder"],
-        classifier=hparams["classifier"],
-        speaker_source=hparams["speaker_source"],
-        speaker_manifest=hparams["speaker_manifest"],
-        train_speakers=hparams["train_speakers"],
-    )
+    label_encoder = hparams["prepare_speaker_branch"]()
     checkpoint = hparams["checkpointer"].recover_if_possible(max_key="si_snri")
     if checkpoint is None:
         raise FileNotFoundError(

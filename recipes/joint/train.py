@@ -40,7 +40,6 @@ from sepid.data.schema import UTTERANCE_COLUMNS, mixture_csv
 from sepid.joint import output_labels, pit_si_snr_loss, separate_with_modules
 from sepid.separation.data import written_mixture_dataset
 from sepid.speaker.encoder import log_trainable_parameters
-from sepid.speaker.source import prepare_speaker_branch
 from sepid.training.brain import FiniteBrain, check_trainable_data
 from sepid.training.distributed import global_mean
 from sepid.training.experiment import start_experiment
@@ -252,13 +251,7 @@ if __name__ == "__main__":
     hparams_file, run_opts, overrides, hparams = start_experiment(sys.argv[1:])
     run_on_main(hparams["pretrainer"].collect_files)
     hparams["pretrainer"].load_collected()  # the separator and, from speaker_source, the branch
-    label_encoder = prepare_speaker_branch(
-        label_encoder=hparams["label_encoder"],
-        classifier=hparams["classifier"],
-        speaker_source=hparams["speaker_source"],
-        speaker_manifest=hparams["speaker_manifest"],
-        train_speakers=hparams["train_speakers"],
-    )
+    label_encoder = hparams["prepare_speaker_branch"]()
 
     train_set, valid_set = mixture_datasets(hparams)
     check_speaker_classes(train_set, valid_set, label_encoder)
