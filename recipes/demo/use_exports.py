@@ -23,8 +23,7 @@ from pathlib import Path
 from speechbrain.inference.interfaces import foreign_class
 
 from sepid.data.manifest import read_csv, resolve_path, write_atomic
-from sepid.data.mixtures import MIXTURE_COLUMNS
-from sepid.data.prep import UTT_COLUMNS
+from sepid.data.schema import MIXTURE_COLUMNS, UTTERANCE_COLUMNS
 
 
 def main(argv=None):
@@ -47,7 +46,7 @@ def main(argv=None):
     first = test[0]
     mix, s1, s2 = (resolve_path(first[k], args.mixtures) for k in ("mix_wav", "s1_wav", "s2_wav"))
     enrol = {}
-    for row in read_csv(args.enrol_csv, UTT_COLUMNS):
+    for row in read_csv(args.enrol_csv, UTTERANCE_COLUMNS):
         enrol.setdefault(row["spk_id"], []).append(resolve_path(row["wav"], args.enrol_data_folder))
     same = enrol.get(first["s1_spk"], [])
 

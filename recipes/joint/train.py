@@ -228,7 +228,7 @@ def mixture_datasets(hparams):
     return train, valid
 
 
-def mixture_speakers(dataset):
+def dataset_speakers(dataset):
     """Every speaker of a mixture dataset (dynamic or written)."""
     if isinstance(dataset, DynamicMixingDataset):
         return set(dataset.speakers)
@@ -238,7 +238,7 @@ def mixture_speakers(dataset):
 def check_speaker_classes(train_set, valid_set, label_encoder):
     """The speaker branch names classes through its own label encoder: every mixture speaker
     must be one of its classes."""
-    speakers = mixture_speakers(train_set) | mixture_speakers(valid_set)
+    speakers = dataset_speakers(train_set) | dataset_speakers(valid_set)
     unknown = sorted(speakers - set(label_encoder.lab2ind))
     if unknown:
         raise ValueError(
@@ -256,7 +256,7 @@ if __name__ == "__main__":
     train_set, valid_set = mixture_datasets(hparams)
     check_speaker_classes(train_set, valid_set, label_encoder)
     check_trainable_data(
-        n_classes=len(mixture_speakers(train_set)),
+        n_classes=len(dataset_speakers(train_set)),
         n_train_items=len(train_set),
         loader_options=hparams["train_dataloader_opts"],
         where=hparams["train_mixture_folder"] or hparams["speaker_manifest"],

@@ -43,7 +43,7 @@ def plain_values(hparams_file, overrides=None):
 
 
 # Options whose values may be of several types: speaker selections are 'all', a number (the
-# first N), a list of IDs or a file of IDs (see sepid.data.prep.select_speakers).
+# first N), a list of IDs or a file of IDs (see sepid.data.speakers.select_speakers).
 SEVERAL_TYPES = {"speakers", "eval_speakers", "trial_speakers", "train_speakers"}
 
 

@@ -22,8 +22,8 @@ import torch
 # sibling module (the script folder is on sys.path)
 from bench_common import REPO, load_script, write_result
 
-from data_prep.folder_prepare import prepare_folder
 from sepid.data.audio import read_audio
+from sepid.data.folder import prepare_folder
 from sepid.speaker.encoder import WavLMSpeakerEncoder, embed_in_chunks
 from sepid.speaker.evaluation import VerificationSet, unique_utterances
 from sepid.speaker.metrics import verification_metrics

@@ -22,7 +22,7 @@ def read_rows(path):
 
 
 def test_torchrun_separation_evaluation_equals_one_process(
-    speaker_experiment, exported_speaker, tmp_path, monkeypatch
+    speaker_experiment, exported_speaker, separation_recipe, tmp_path, monkeypatch
 ):
     """6 mixtures on 2 ranks (3 each): every metrics file of the two-process run equals the
     one-process run's, exactly (tolerance 0: the same bytes in the CSVs, the same floats in
@@ -33,16 +33,18 @@ def test_torchrun_separation_evaluation_equals_one_process(
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     mixtures = held_out_test_mixtures(speaker_experiment, tmp_path / "mix", 6)
     common = [
-        "recipes/separation/evaluate.py",
-        "hparams/demo/separation-eval.yaml",
         f"--data_folder={mixtures}",
         f"--speaker_source={exported_speaker}",
         f"--enrol_csv={speaker_experiment / 'prep' / 'iden_enrol.csv'}",
         f"--enrol_data_folder={CORPUS}",
     ]
     two, one = tmp_path / "two", tmp_path / "one"
-    run_script([*DDP, *common, f"--output_folder={two}", "--distributed_backend=gloo"])
-    run_script([*common, f"--output_folder={one}"])
+    evaluate = "recipes/separation/evaluate.py"
+    gloo = "--distributed_backend=gloo"
+    run_script(
+        [*DDP, *separation_recipe.command(evaluate, *common, f"--output_folder={two}", gloo)]
+    )
+    run_script(separation_recipe.command(evaluate, *common, f"--output_folder={one}"))
     ids = [r["ID"] for r in read_rows(mixtures / "test.csv")]
     for table in ("per_mixture.csv", "mixture/per_mixture.csv"):
         rows = read_rows(two / "eval" / table)
@@ -50,8 +52,7 @@ def test_torchrun_separation_evaluation_equals_one_process(
         assert (two / "eval" / table).read_text() == (one / "eval" / table).read_text(), table
     metrics_two = json.loads((two / "eval" / "metrics.json").read_text())
     metrics_one = json.loads((one / "eval" / "metrics.json").read_text())
-    for key in ("command", "separator"):  # each run's own output folder
-        assert metrics_two.pop(key) != metrics_one.pop(key)
+    assert metrics_two.pop("command") != metrics_one.pop("command")  # each run's output folder
     assert metrics_two == metrics_one
     assert metrics_one["n_mixtures"] == 6
     assert metrics_one["speaker_identification"]["finetuned"]["separated"]["embedding"]["n"] == 12
@@ -69,7 +70,7 @@ RANK_LOSS = {0: [1.0, 2.0, 3.0], 1: [3.0, 4.0, 5.0]}
 
 
 @pytest.fixture(scope="module")
-def joint_ranks(speaker_experiment, exported_speaker, tmp_path_factory):
+def joint_ranks(speaker_experiment, exported_speaker, joint_recipe, tmp_path_factory):
     """Two torchrun runs of :func:`record_ranks` (2 processes each, 6 dynamic mixtures an
     epoch); returns ``(output folder of the first, [per-rank records of each run])``."""
     work = tmp_path_factory.mktemp("joint-ddp")
@@ -83,12 +84,13 @@ def joint_ranks(speaker_experiment, exported_speaker, tmp_path_factory):
                 "-m",
                 "tests.recipes.test_ddp_separation",
                 out,
-                "hparams/demo/sepformer-wavlm-speaker.yaml",
-                f"--output_folder={work / f'run{k}'}",
-                f"--speaker_source={exported_speaker}",
-                f"--speaker_manifest={speaker_experiment / 'prep' / 'train.csv'}",
-                "--n_train_mixtures=6",
-                "--distributed_backend=gloo",
+                *joint_recipe.args(
+                    f"--output_folder={work / f'run{k}'}",
+                    f"--speaker_source={exported_speaker}",
+                    f"--speaker_manifest={speaker_experiment / 'prep' / 'train.csv'}",
+                    "--n_train_mixtures=6",
+                    "--distributed_backend=gloo",
+                ),
             ]
         )
         runs.append([json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)])
@@ -155,7 +157,6 @@ def record_ranks(out, argv):
     from speechbrain.utils.distributed import run_on_main
 
     from sepid.data.mixtures import mixture_collate
-    from sepid.speaker.source import prepare_speaker_branch
     from sepid.training.experiment import start_experiment
     from tests.recipes.test_joint_recipe import load_recipe
 
@@ -163,7 +164,7 @@ def record_ranks(out, argv):
     _, run_opts, _, hparams = start_experiment(argv)
     run_on_main(hparams["pretrainer"].collect_files)
     hparams["pretrainer"].load_collected()
-    prepare_speaker_branch(hparams)
+    hparams["prepare_speaker_branch"]()
     train_set, _ = recipe.mixture_datasets(hparams)
     brain = recipe.JointBrain(
         modules=hparams["modules"],

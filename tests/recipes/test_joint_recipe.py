@@ -14,17 +14,15 @@ import pytest
 import soundfile as sf
 import speechbrain as sb
 import torch
-from hyperpyyaml import load_hyperpyyaml
 from speechbrain.inference.interfaces import foreign_class
 
 from data_prep.make_mixtures import make_mixtures
 from pretrained_interfaces.export import export_speaker
 from sepid.data.mixtures import mixture_collate
-from sepid.speaker.source import check_source, prepare_speaker_branch
+from sepid.speaker.source import check_source
 from tests.helpers import CORPUS, held_out_test_mixtures, run_script
 
 ROOT = Path(__file__).resolve().parents[2]
-YAML = ROOT / "hparams/demo/sepformer-wavlm-speaker.yaml"
 SEPARATOR = ("separator_encoder", "masknet", "separator_decoder")
 
 
@@ -65,13 +63,12 @@ def load_recipe():
     return module
 
 
-def joint_brain(options, output_folder, **overrides):
+def joint_brain(joint_recipe, options, output_folder, **overrides):
     recipe = load_recipe()
-    with open(YAML) as f:
-        hparams = load_hyperpyyaml(f, {"output_folder": str(output_folder), **options, **overrides})
+    hparams = joint_recipe.load(f"--output_folder={output_folder}", *cli({**options, **overrides}))
     hparams["pretrainer"].collect_files()
     hparams["pretrainer"].load_collected()
-    prepare_speaker_branch(hparams)
+    hparams["prepare_speaker_branch"]()
     train_set, _ = recipe.mixture_datasets(hparams)
     brain = recipe.JointBrain(
         modules=hparams["modules"],
@@ -83,8 +80,10 @@ def joint_brain(options, output_folder, **overrides):
     return brain, batch
 
 
-def test_speaker_loss_alone_reaches_the_separator(options, tmp_path):
-    brain, batch = joint_brain(options, tmp_path, si_snr_loss_weight=0.0, speed_perturb=False)
+def test_speaker_loss_alone_reaches_the_separator(options, tmp_path, joint_recipe):
+    brain, batch = joint_brain(
+        joint_recipe, options, tmp_path, si_snr_loss_weight=0.0, speed_perturb=False
+    )
     brain.on_stage_start(sb.Stage.VALID)
     loss = brain.compute_objectives(
         brain.compute_forward(batch, sb.Stage.VALID), batch, sb.Stage.VALID
@@ -101,8 +100,10 @@ def test_speaker_loss_alone_reaches_the_separator(options, tmp_path):
     assert all(p.grad is None for n, p in encoder.named_parameters() if ".original" in n)
 
 
-def test_si_snr_loss_alone_does_not_train_the_speaker_branch(options, tmp_path):
-    brain, batch = joint_brain(options, tmp_path, speaker_loss_weight=0.0, speed_perturb=False)
+def test_si_snr_loss_alone_does_not_train_the_speaker_branch(options, tmp_path, joint_recipe):
+    brain, batch = joint_brain(
+        joint_recipe, options, tmp_path, speaker_loss_weight=0.0, speed_perturb=False
+    )
     brain.on_stage_start(sb.Stage.VALID)
     loss = brain.compute_objectives(
         brain.compute_forward(batch, sb.Stage.VALID), batch, sb.Stage.VALID
@@ -139,14 +140,13 @@ def finite_checkpoint(folder):
                 assert torch.isfinite(t).all(), f"{name}.{key}"
 
 
-def test_interrupted_training_resumes_then_evaluate(speaker_model, options, tmp_path):
-    args = [
+def test_interrupted_training_resumes_then_evaluate(speaker_model, options, tmp_path, joint_recipe):
+    args = joint_recipe.command(
         "recipes/joint/train.py",
-        str(YAML.relative_to(ROOT)),
         f"--output_folder={tmp_path}",
         *cli(options),
         "--number_of_epochs=2",
-    ]
+    )
     crash("batch:2:2", args)  # kill -9 in the middle of epoch 2
     assert len(train_losses(tmp_path / "train_log.txt")) == 1
     # the same command again: it continues at epoch 2 without redoing epoch 1
@@ -162,13 +162,7 @@ def test_interrupted_training_resumes_then_evaluate(speaker_model, options, tmp_
     # the comparison: pretrained separator + speaker model against the joint model
     mixtures = tmp_path / "mix"
     held_out_test_mixtures(speaker_model, mixtures, 3, sample_rate=8000)
-    run_script(
-        [
-            "recipes/joint/evaluate.py",
-            *args[1:],
-            f"--mixture_folder={mixtures}",
-        ]
-    )
+    run_script(["recipes/joint/evaluate.py", *args[1:], f"--mixture_folder={mixtures}"])
     result = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert set(result["systems"]) == {"pretrained separator", "joint model"}
     joint = result["systems"]["joint model"]
@@ -178,16 +172,15 @@ def test_interrupted_training_resumes_then_evaluate(speaker_model, options, tmp_
     assert "| joint model |" in (tmp_path / "eval" / "results.md").read_text()
 
 
-def test_killed_while_checkpointing_resumes_from_the_last_complete(options, tmp_path):
+def test_killed_while_checkpointing_resumes_from_the_last_complete(options, tmp_path, joint_recipe):
     """kill -9 while masknet.ckpt of the epoch-2 checkpoint is half written: the rerun sets the
     incomplete checkpoint aside and redoes epoch 2 from the epoch-1 checkpoint."""
-    args = [
+    args = joint_recipe.command(
         "recipes/joint/train.py",
-        str(YAML.relative_to(ROOT)),
         f"--output_folder={tmp_path}",
         *cli(options),
         "--number_of_epochs=2",
-    ]
+    )
     crash("saving:masknet:2", args)
     save = tmp_path / "save"
     assert len(list(save.glob("CKPT+*"))) == 2  # the complete one and the one being written
@@ -205,10 +198,10 @@ def test_killed_while_checkpointing_resumes_from_the_last_complete(options, tmp_
     assert len(train_losses(tmp_path / "train_log.txt")) == 3
 
 
-def test_non_finite_steps_are_skipped(options, tmp_path):
+def test_non_finite_steps_are_skipped(options, tmp_path, joint_recipe):
     """--loss_lower_lim=1000 drops every example: the loss is NaN. The step is skipped and
     counted and the weights do not change (SpeechBrain alone would step on NaN gradients)."""
-    brain, batch = joint_brain(options, tmp_path, loss_lower_lim=1000.0)
+    brain, batch = joint_brain(joint_recipe, options, tmp_path, loss_lower_lim=1000.0)
     brain.train_set = None
     brain.on_fit_start()
     brain.on_stage_start(sb.Stage.TRAIN, 1)
@@ -226,8 +219,8 @@ def test_non_finite_steps_are_skipped(options, tmp_path):
     assert any(k.startswith("masknet.") for k in changed)
 
 
-def test_learning_rate_halves_after_a_plateau(options, tmp_path):
-    brain, _ = joint_brain(options, tmp_path)
+def test_learning_rate_halves_after_a_plateau(options, tmp_path, joint_recipe):
+    brain, _ = joint_brain(joint_recipe, options, tmp_path)
     brain.on_fit_start()
     lr0 = brain.optimizer.param_groups[0]["lr"]
     brain.train_stats = {"loss": 1.0}
@@ -243,7 +236,7 @@ def test_learning_rate_halves_after_a_plateau(options, tmp_path):
     assert "next_lr: " in (tmp_path / "train_log.txt").read_text()
 
 
-def test_training_on_written_mixtures_in_bf16(speaker_model, options, tmp_path):
+def test_training_on_written_mixtures_in_bf16(speaker_model, options, tmp_path, joint_recipe):
     mixtures = tmp_path / "mix"
     make_mixtures(
         Path(speaker_model) / "prep" / "train.csv",
@@ -254,31 +247,29 @@ def test_training_on_written_mixtures_in_bf16(speaker_model, options, tmp_path):
         sample_rate=8000,
     )
     log = run_script(
-        [
+        joint_recipe.command(
             "recipes/joint/train.py",
-            str(YAML.relative_to(ROOT)),
             f"--output_folder={tmp_path / 'out'}",
             f"--speaker_source={options['speaker_source']}",
             f"--train_mixture_folder={mixtures}",
             "--number_of_epochs=1",
             "--precision=bf16",  # SpeechBrain's mixed precision (bf16 autocast on CPU)
-        ]
+        )
     )
     assert "Using training precision: `--precision=bf16`" in log
     assert "Going into epoch 1" in log
     assert len(train_losses(tmp_path / "out" / "train_log.txt")) == 1
 
 
-def test_speaker_branch_from_the_base_model(speaker_model, tmp_path):
+def test_speaker_branch_from_the_base_model(speaker_model, tmp_path, joint_recipe):
     """No speaker source: a fresh branch from the base WavLM, classes from the manifest."""
     args = [
-        str(YAML.relative_to(ROOT)),
         f"--output_folder={tmp_path / 'out'}",
         "--speaker_source=null",
         f"--speaker_manifest={Path(speaker_model) / 'prep' / 'train.csv'}",
         "--number_of_epochs=1",
     ]
-    run_script(["recipes/joint/train.py", *args])
+    run_script(joint_recipe.command("recipes/joint/train.py", *args))
     assert len(train_losses(tmp_path / "out" / "train_log.txt")) == 1
     ckpt = sorted((tmp_path / "out" / "save").glob("CKPT+*"))[-1]
     weight = torch.load(ckpt / "classifier.ckpt", weights_only=True)["weight"]
@@ -286,13 +277,13 @@ def test_speaker_branch_from_the_base_model(speaker_model, tmp_path):
     mixtures = tmp_path / "mix"
     held_out_test_mixtures(speaker_model, mixtures, 2, sample_rate=8000)
     run_script(
-        [
+        joint_recipe.command(
             "recipes/joint/evaluate.py",
             *args,
             f"--mixture_folder={mixtures}",
             f"--enrol_csv={Path(speaker_model) / 'prep' / 'iden_enrol.csv'}",
             f"--enrol_data_folder={CORPUS}",
-        ]
+        )
     )
     result = json.loads((tmp_path / "out" / "eval" / "metrics.json").read_text())
     baseline = result["systems"]["pretrained separator"]["speaker_identification"]
@@ -301,7 +292,7 @@ def test_speaker_branch_from_the_base_model(speaker_model, tmp_path):
 
 @pytest.mark.parametrize("adapters", [False, True], ids=["merged", "adapters"])
 def test_speaker_branch_starts_as_the_exported_model(
-    speaker_experiment, exported_speaker, tmp_path, adapters
+    speaker_experiment, exported_speaker, joint_recipe, tmp_path, adapters
 ):
     """The Pretrainer loads the exported model into the YAML's speaker modules: before any
     training the branch embeds and classifies as the exported interface does. A merged export
@@ -312,12 +303,11 @@ def test_speaker_branch_starts_as_the_exported_model(
             run_folder=speaker_experiment, out=tmp_path / "adapters", adapters=True
         )
     options = speaker_options(speaker_experiment, source)
-    options["wavlm_source"] = str(Path(speaker_experiment) / "tiny-wavlm")  # the export's base
-    with open(YAML) as f:
-        hparams = load_hyperpyyaml(f, {"output_folder": str(tmp_path / "out"), **options})
+    # (the recipe's --wavlm_source is the session's tiny WavLM: the export's base model)
+    hparams = joint_recipe.load(f"--output_folder={tmp_path / 'out'}", *cli(options))
     hparams["pretrainer"].collect_files()
     hparams["pretrainer"].load_collected()
-    prepare_speaker_branch(hparams)
+    hparams["prepare_speaker_branch"]()
     interface = foreign_class(
         source=str(source), pymodule_file="custom_interface.py", classname="WavLMSpeakerInterface"
     )
@@ -334,13 +324,12 @@ def test_speaker_branch_starts_as_the_exported_model(
 
 
 def test_speaker_source_that_does_not_fit_is_one_clear_error(
-    speaker_experiment, exported_speaker, tmp_path
+    speaker_experiment, exported_speaker, joint_recipe, tmp_path
 ):
     options = speaker_options(speaker_experiment, exported_speaker)
-    with open(YAML) as f:
-        hparams = load_hyperpyyaml(
-            f, {"output_folder": str(tmp_path / "out"), **options, "embedding_dim": 32}
-        )
+    hparams = joint_recipe.load(
+        f"--output_folder={tmp_path / 'out'}", *cli(options), "--embedding_dim=32"
+    )
     hparams["pretrainer"].collect_files()
     with pytest.raises(ValueError, match="embedding_dim"):
         hparams["pretrainer"].load_collected()
@@ -351,7 +340,7 @@ def test_speaker_source_that_does_not_fit_is_one_clear_error(
         check_source(tmp_path)
 
 
-def test_joint_forward_follows_the_device(options, tmp_path):
+def test_joint_forward_follows_the_device(options, tmp_path, joint_recipe):
     """GPU readiness without a GPU (see tests/unit/test_device_placement.py): the JointBrain's
     forward (separator, resampler, speaker branch) with modules and data on ``meta`` uses no
     tensor left on the CPU. (The objective's permutation search needs values, which ``meta``
@@ -359,7 +348,7 @@ def test_joint_forward_follows_the_device(options, tmp_path):
     ``device``, the CPU by default, which is correct on a GPU but cannot take a meta tensor.)"""
     from tests.unit.test_device_placement import OneDeviceMode
 
-    brain, batch = joint_brain(options, tmp_path, speed_perturb=False)
+    brain, batch = joint_brain(joint_recipe, options, tmp_path, speed_perturb=False)
     brain.device = "meta"
     brain.modules.to("meta")
     with OneDeviceMode():
@@ -376,28 +365,25 @@ def flatten(tree, prefix=""):
     return {k: v for key, sub in tree.items() for k, v in flatten(sub, f"{prefix}.{key}").items()}
 
 
-def test_torchrun_joint_training_and_evaluation_match_one_process(speaker_model, options, tmp_path):
+def test_torchrun_joint_training_and_evaluation_match_one_process(
+    speaker_model, options, tmp_path, joint_recipe
+):
     """The joint recipe and its evaluation under torchrun (2 CPU processes, gloo): training runs
     and checkpoints once; the evaluation shards the mixtures across ranks and gathers them, so
     its per-mixture results equal a single-process run's."""
     ddp = ["-m", "torch.distributed.run", "--nproc_per_node=2"]
-    args = [
-        str(YAML.relative_to(ROOT)),
-        f"--output_folder={tmp_path / 'out'}",
-        *cli(options),
-        "--number_of_epochs=1",
-        "--distributed_backend=gloo",
-    ]
-    run_script([*ddp, "recipes/joint/train.py", *args])
+    args = [f"--output_folder={tmp_path / 'out'}", *cli(options), "--number_of_epochs=1"]
+    gloo = "--distributed_backend=gloo"
+    run_script([*ddp, *joint_recipe.command("recipes/joint/train.py", *args, gloo)])
     assert len(train_losses(tmp_path / "out" / "train_log.txt")) == 1  # logged once, not per rank
     assert len(list((tmp_path / "out" / "save").glob("CKPT+*"))) == 1
     mixtures = held_out_test_mixtures(speaker_model, tmp_path / "mix", 4, sample_rate=8000)
     evaluate = ["recipes/joint/evaluate.py", *args, f"--mixture_folder={mixtures}"]
-    run_script([*ddp, *evaluate])
+    run_script([*ddp, *joint_recipe.command(*evaluate, gloo)])
     eval_folder = tmp_path / "out" / "eval"
     two_ranks = {str(p): p.read_text() for p in eval_folder.rglob("per_mixture.csv")}
     metrics_two = json.loads((eval_folder / "metrics.json").read_text())
-    run_script(evaluate[:-2] + [evaluate[-1]])  # one process: without --distributed_backend
+    run_script(joint_recipe.command(*evaluate))  # one process
     one = {str(p): p.read_text() for p in eval_folder.rglob("per_mixture.csv")}
     metrics_one = json.loads((eval_folder / "metrics.json").read_text())
     assert two_ranks and two_ranks == one

@@ -132,6 +132,43 @@ def test_module_wrapper_on_attention_is_bypassed(wavlm_dir, batch):
     torch.testing.assert_close(reference, bypassed)
 
 
+@pytest.mark.parametrize("how", ["target_modules", "target_parameters", "control"])
+def test_peft_lora_on_wavlm_attention_is_bypassed(wavlm_dir, how):
+    """Why LoRA here is a weight parametrization and not peft: peft's LoRA on WavLM's attention
+    projections, with non-zero adapters, leaves the output unchanged, whether it wraps the
+    modules (``target_modules``) or their weights (``target_parameters``). Checked against the
+    installed transformers and peft (the ``dev`` extra); if this starts failing, a release now
+    routes the projections through what peft adapts, and peft is worth another look."""
+    peft = pytest.importorskip("peft")
+    from transformers import WavLMModel
+
+    model = WavLMModel.from_pretrained(wavlm_dir).eval()
+    wav = torch.randn(2, 16000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(wav).last_hidden_state
+    targets = ["q_proj", "k_proj", "v_proj", "out_proj"]
+    if how == "control":  # the feed-forward linears are called as modules: there peft acts
+        config = peft.LoraConfig(
+            r=4, target_modules=["intermediate_dense"], init_lora_weights=False
+        )
+        with torch.no_grad():
+            adapted = peft.get_peft_model(model, config)(wav).last_hidden_state
+        assert (adapted - reference).abs().max() > 1e-2
+        return
+    if how == "target_modules":
+        config = peft.LoraConfig(r=4, target_modules=targets, init_lora_weights=False)
+    else:
+        params = [f"{t}.weight" for t in targets]
+        config = peft.LoraConfig(r=4, target_parameters=params, init_lora_weights=False)
+    adapted = peft.get_peft_model(model, config)
+    lora_b = [p for n, p in adapted.named_parameters() if "lora_B" in n]
+    assert lora_b and all(bool((p != 0).any()) for p in lora_b)  # the adapters would act
+    with torch.no_grad():
+        bypassed = adapted(wav).last_hidden_state
+    # (equal up to float rounding: peft's wrapper changes the order of a few additions)
+    torch.testing.assert_close(reference, bypassed, atol=1e-5, rtol=1e-4)
+
+
 def test_merge_lora_matches_adapted_model(wavlm_dir, batch):
     encoder = make_encoder(wavlm_dir)
     randomise_lora_b(encoder)
