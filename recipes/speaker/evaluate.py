@@ -122,9 +122,7 @@ class EmbeddingBrain(sb.Brain):
         self.embed_fn = embed_fn
         cached = None
         if cache_path.is_file():
-            saved = torch.load(cache_path, weights_only=True)
-            if saved["fingerprint"] == fingerprint:
-                cached = EmbeddingTable(saved["ids"], saved["embeddings"])
+            cached = EmbeddingTable.load(cache_path, fingerprint=fingerprint)
         missing = [k for k in dataset.data_ids if cached is None or k not in cached]
         logger.info(
             "%s: %d utterances, %d cached, %d to embed",
@@ -146,12 +144,7 @@ class EmbeddingBrain(sb.Brain):
                 cached.ids + table.ids, torch.cat([cached.embeddings, table.embeddings])
             )
         if if_main_process():
-            cache_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_path.with_suffix(".tmp")
-            torch.save(
-                {"fingerprint": fingerprint, "ids": table.ids, "embeddings": table.embeddings}, tmp
-            )
-            tmp.replace(cache_path)
+            table.save(cache_path, fingerprint=fingerprint)
         return table
 
 

@@ -137,22 +137,32 @@ class EmbeddingTable:
                 f"({len(missing)} missing id(s) in total, e.g. {missing[:5]})"
             ) from None
 
-    def save(self, path):
-        """Saves ``{"ids": [...], "embeddings": Tensor[N, D]}`` with ``torch.save``; returns the path."""
+    def save(self, path, fingerprint=None):
+        """Saves ``{"ids": [...], "embeddings": Tensor[N, D]}`` (and ``fingerprint``, a name of the
+        model that made them, when given) with ``torch.save``, complete or absent: written to a
+        temporary file renamed onto ``path``. Returns the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"ids": self._ids, "embeddings": self._embeddings}, path)
+        data = {"ids": self._ids, "embeddings": self._embeddings}
+        if fingerprint is not None:
+            data["fingerprint"] = fingerprint
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(data, tmp)
+        tmp.replace(path)
         logger.info("Saved %d embeddings (dim %d) to %s", len(self), self.dim, path)
         return path
 
     @classmethod
-    def load(cls, path):
-        """Loads a table written by :meth:`save`."""
+    def load(cls, path, fingerprint=None):
+        """Loads a table written by :meth:`save`. With ``fingerprint``: None unless the table was
+        saved with the same one (a cache written by another model is not reused)."""
         data = torch.load(Path(path), map_location="cpu", weights_only=True)
         if not isinstance(data, dict) or "ids" not in data or "embeddings" not in data:
             raise ValueError(
                 f"{path} is not an embedding table (expected keys 'ids', 'embeddings')"
             )
+        if fingerprint is not None and data.get("fingerprint") != fingerprint:
+            return None
         # stored rows are already normalised: keep them bit for bit (normalising again in float32
         # can move the last bit)
         emb = data["embeddings"]

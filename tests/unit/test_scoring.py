@@ -73,6 +73,17 @@ def test_table_save_load_round_trip(tmp_path):
     assert set(raw) == {"ids", "embeddings"}
 
 
+def test_table_saved_with_a_fingerprint_loads_only_for_that_model(tmp_path):
+    """The evaluation's embedding cache: a table made by another model is not reused; the file
+    is written whole or not at all (no temporary file left beside it)."""
+    table = EmbeddingTable(["a", "b"], torch.eye(2))
+    path = table.save(tmp_path / "cache.pt", fingerprint="finetuned@CKPT+1")
+    assert EmbeddingTable.load(path, fingerprint="finetuned@CKPT+1").ids == ["a", "b"]
+    assert EmbeddingTable.load(path, fingerprint="finetuned@CKPT+2") is None
+    assert EmbeddingTable.load(path).ids == ["a", "b"]  # no fingerprint asked: any table
+    assert [p.name for p in tmp_path.iterdir()] == ["cache.pt"]
+
+
 def test_table_load_rejects_other_files(tmp_path):
     torch.save({"foo": 1}, tmp_path / "x.pt")
     with pytest.raises(ValueError, match="not an embedding table"):
