@@ -35,10 +35,14 @@ from speechbrain.utils.distributed import run_on_main
 from speechbrain.utils.logger import get_logger
 
 from sepid.data.manifest import read_csv
-from sepid.data.mixtures import DynamicMixingDataset, MixingOptions, mixture_collate
+from sepid.data.mixtures import (
+    DynamicMixingDataset,
+    MixingOptions,
+    mixture_collate,
+    written_mixture_dataset,
+)
 from sepid.data.schema import UTTERANCE_COLUMNS, mixture_csv
 from sepid.joint import output_labels, pit_si_snr_loss, separate_with_modules
-from sepid.separation.data import written_mixture_dataset
 from sepid.speaker.encoder import log_trainable_parameters
 from sepid.training.brain import FiniteBrain, check_trainable_data
 from sepid.training.distributed import global_mean

@@ -1,7 +1,8 @@
 """Two-speaker mixtures: speaker splits, pairing, levels, clip-free scaling and writing, shared by
 :func:`sepid.data.mixture_corpus.make_mixtures` (a fixed mixture corpus on disk,
 ``data_prep/make_mixtures.py``) and :class:`DynamicMixingDataset` (new mixtures drawn on the fly
-every epoch, for training the joint recipe).
+every epoch, for training the joint recipe); :func:`written_mixture_dataset` is the joint recipe's
+other training set, a written mixture corpus.
 
 Both go through the same functions: :func:`split_speaker_pools` (which speakers and utterances
 each split draws from), :func:`draw_pair` (two utterances of two different speakers), and
@@ -70,12 +71,14 @@ import struct
 from dataclasses import dataclass, field
 
 import numpy as np
+import speechbrain as sb
 import torch
 from speechbrain.dataio.batch import PaddedBatch
 
 from sepid.data.audio import audio_info, read_audio
+from sepid.data.dataio import load_manifest
 from sepid.data.manifest import read_csv, resolve_path, write_atomic
-from sepid.data.schema import UTTERANCE_COLUMNS
+from sepid.data.schema import EVAL_MIXTURE_COLUMNS, UTTERANCE_COLUMNS
 from sepid.data.speakers import select_speakers
 
 logger = logging.getLogger(__name__)
@@ -730,3 +733,30 @@ def mixture_collate(batch):
     padded at the end, relative lengths in ``(0, 1]``); ``s1_class``, ``s2_class`` (long) and
     ``gain_db`` (float32) are ``[batch]`` tensors; ``id``, ``*_spk``, ``*_utt`` are lists."""
     return PaddedBatch(batch, padded_keys=["mix_sig", "s1_sig", "s2_sig"])
+
+
+def written_mixture_dataset(csv_path, data_root, sample_rate, segment_seconds=None, random=True):
+    """Written mixtures (:func:`sepid.data.mixture_corpus.make_mixtures`) for training:
+    ``s1_sig``, ``s2_sig`` at ``sample_rate``, cut to the same ``segment_seconds`` window (the
+    maximum training signal length; random for training, the start for validation,
+    ``random=False``; the mixture is their sum, formed in the recipe after augmentation), and the
+    speakers ``s1_spk``, ``s2_spk``."""
+    dataset = load_manifest(csv_path, data_root, EVAL_MIXTURE_COLUMNS)
+    max_len = None if segment_seconds is None else int(segment_seconds * sample_rate)
+
+    @sb.utils.data_pipeline.takes("s1_wav", "s2_wav")
+    @sb.utils.data_pipeline.provides("s1_sig", "s2_sig")
+    def sources(s1_wav, s2_wav):
+        s1, s2 = read_audio(s1_wav, sample_rate), read_audio(s2_wav, sample_rate)
+        length = min(s1.shape[0], s2.shape[0])
+        start = 0
+        if max_len is not None and length > max_len:
+            if random:
+                start = int(torch.randint(0, length - max_len + 1, ()).item())
+            length = max_len
+        yield s1[start : start + length]
+        yield s2[start : start + length]
+
+    dataset.add_dynamic_item(sources)
+    dataset.set_output_keys(["id", "s1_sig", "s2_sig", "s1_spk", "s2_spk"])
+    return dataset

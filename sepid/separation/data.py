@@ -4,7 +4,6 @@ separator's rate, clean sources at the speaker model's rate, and enrolment utter
 import logging
 
 import speechbrain as sb
-import torch
 
 from sepid.data.audio import audio_info, read_audio
 from sepid.data.dataio import load_manifest
@@ -103,30 +102,3 @@ def log_rates(corpus_rate, separator_rate, separator):
             separator_rate,
             separator_rate,
         )
-
-
-def written_mixture_dataset(csv_path, data_root, sample_rate, segment_seconds=None, random=True):
-    """Written mixtures (:func:`sepid.data.mixture_corpus.make_mixtures`) for training:
-    ``s1_sig``, ``s2_sig`` at ``sample_rate``, cut to the same ``segment_seconds`` window (the
-    maximum training signal length; random for training, the start for validation,
-    ``random=False``; the mixture is their sum, formed in the recipe after augmentation), and the
-    speakers ``s1_spk``, ``s2_spk``."""
-    dataset = load_manifest(csv_path, data_root, EVAL_MIXTURE_COLUMNS)
-    max_len = None if segment_seconds is None else int(segment_seconds * sample_rate)
-
-    @sb.utils.data_pipeline.takes("s1_wav", "s2_wav")
-    @sb.utils.data_pipeline.provides("s1_sig", "s2_sig")
-    def sources(s1_wav, s2_wav):
-        s1, s2 = read_audio(s1_wav, sample_rate), read_audio(s2_wav, sample_rate)
-        length = min(s1.shape[0], s2.shape[0])
-        start = 0
-        if max_len is not None and length > max_len:
-            if random:
-                start = int(torch.randint(0, length - max_len + 1, ()).item())
-            length = max_len
-        yield s1[start : start + length]
-        yield s2[start : start + length]
-
-    dataset.add_dynamic_item(sources)
-    dataset.set_output_keys(["id", "s1_sig", "s2_sig", "s1_spk", "s2_spk"])
-    return dataset
