@@ -14,9 +14,24 @@ check what was sent.
 import base64
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import unquote, urlparse
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def listing(folder):
+    """name -> sha256 of every file under ``folder``."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file()
+    }
 
 
 class HubServer:
@@ -36,6 +51,42 @@ class HubServer:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+    def push(self, run_folder, out, repo, hf_home, *extra):
+        """``pretrained_interfaces/export.py run_folder --out out --push repo [extra]`` with this
+        server as ``HF_ENDPOINT`` and its token in ``HF_TOKEN``, as a user pushes; asserts it
+        succeeds and that the files the server got are those of ``out``; returns the process."""
+        env = {**os.environ, "HF_ENDPOINT": self.url, "HF_TOKEN": self.token, "HF_HOME": hf_home}
+        cmd = ["pretrained_interfaces/export.py", str(run_folder), "--out", str(out)]
+        push = subprocess.run(
+            [sys.executable, *cmd, "--push", repo, *extra],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert push.returncode == 0, push.stderr[-3000:]
+        assert f"{self.url}/{repo}/commit/" in push.stdout
+        revision = extra[extra.index("--revision") + 1] if "--revision" in extra else "main"
+        files = self.repos[repo][revision]
+        assert {k: hashlib.sha256(v).hexdigest() for k, v in files.items()} == listing(out)
+        return push
+
+    def load(self, code, hf_home, *args):
+        """Runs ``python -c code *args`` from the repository root as a user who loads a model by
+        its Hub id: this server as ``HF_ENDPOINT``, an empty ``HF_HOME``, no token; asserts it
+        succeeds; returns the process."""
+        env = {**os.environ, "HF_ENDPOINT": self.url, "HF_HOME": hf_home}
+        env.pop("HF_TOKEN", None)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *map(str, args)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
 
     def _handler(self):
         hub = self

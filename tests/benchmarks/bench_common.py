@@ -4,7 +4,10 @@ import importlib.util
 import json
 import os
 import platform
+import resource
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,22 @@ def load_script(relative_path, name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_timed(cmd):
+    """Runs ``python cmd`` in the repository (raising with its stderr if it fails); returns
+    ``(wall, cpu)`` seconds (cpu: user + sys of the child)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.time()
+    proc = subprocess.run(
+        [sys.executable, *map(str, cmd)], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    wall = time.time() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed:\n{proc.stderr[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return round(wall, 1), round(cpu, 1)
 
 
 def machine_info():

@@ -32,10 +32,7 @@ processes) seconds of training and evaluation::
 import argparse
 import csv
 import json
-import resource
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import soundfile as sf
@@ -45,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from sepid.training.overrides import override_args  # noqa: E402
+from tests.benchmarks.bench_common import run_timed as run  # noqa: E402
 from tests.benchmarks.bench_demo_speaker import make_dev_split  # noqa: E402
 
 CORPUS = "tests/samples/librispeech-mini/train-clean-100"
@@ -61,22 +59,6 @@ SIZE_KEYS = {
     "blocks": "dual_path_layers",
     "chunk": "chunk_size",
 }
-
-
-def run(cmd):
-    """Runs ``python cmd`` in the repository; returns ``(wall, cpu)`` seconds (cpu: user + sys
-    of the child)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.time()
-    proc = subprocess.run(
-        [sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    wall = time.time() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return round(wall, 1), round(cpu, 1)
 
 
 def dev_chain(work, experiment, export, n_mixtures):

@@ -20,7 +20,6 @@ wall time::
 import argparse
 import json
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from sepid.training.overrides import override_args  # noqa: E402
+from tests.benchmarks.bench_common import run_timed as run  # noqa: E402
 
 CORPUS = ROOT / "tests/samples/librispeech-mini/train-clean-100"
 YAML = "hparams/wavlm-lora-arcface.yaml"
@@ -76,14 +76,6 @@ def summary(metrics_file):
             "n_target": cosine.get("n_target"),
         }
     return rows
-
-
-def run(cmd):
-    proc = subprocess.run(
-        [sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
 
 
 def main(argv=None):

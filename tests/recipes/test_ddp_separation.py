@@ -154,25 +154,13 @@ def record_ranks(out, argv):
     Writes ``out/rank<r>.json``."""
     import torch
     from speechbrain import Stage
-    from speechbrain.utils.distributed import run_on_main
 
     from sepid.data.mixtures import mixture_collate
     from sepid.training.experiment import start_experiment
-    from tests.recipes.test_joint_recipe import load_recipe
+    from tests.recipes.test_joint_recipe import build_joint_brain
 
-    recipe = load_recipe()
     _, run_opts, _, hparams = start_experiment(argv)
-    run_on_main(hparams["pretrainer"].collect_files)
-    hparams["pretrainer"].load_collected()
-    hparams["prepare_speaker_branch"]()
-    train_set, _ = recipe.mixture_datasets(hparams)
-    brain = recipe.JointBrain(
-        modules=hparams["modules"],
-        opt_class=hparams["opt_class"],
-        hparams=hparams,
-        run_opts=run_opts,
-        checkpointer=hparams["checkpointer"],
-    )
+    brain, train_set = build_joint_brain(hparams, run_opts)
     brain.train_set = train_set
     loader = brain.make_dataloader(
         train_set,

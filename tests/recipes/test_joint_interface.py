@@ -6,11 +6,8 @@ separated signals and embeddings as the training modules, long files in aligned 
 written and named."""
 
 import csv
-import hashlib
-import os
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,8 +24,8 @@ from pretrained_interfaces.sepformer_speaker.custom_interface import (
     resample_in_pieces,
 )
 from sepid.joint import separate_with_modules
-from tests.helpers import CORPUS, ROOT, held_out_test_mixtures
-from tests.hub_server import HubServer
+from tests.helpers import CORPUS, held_out_test_mixtures
+from tests.hub_server import HubServer, listing
 
 # Exported vs training modules, float32 on CPU. The SepFormer modules are the same tensors, so its
 # outputs agree exactly (measured 0); the speaker branch computes W + BA once (merged) instead of
@@ -363,15 +360,6 @@ def test_enrol_threshold_names_unknown_speakers(exported, mixture, tmp_path):
 
 
 # --------------------------------------------------------------------------- Hub ---
-def listing(folder):
-    """name -> sha256 of every file under ``folder``."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(Path(folder).rglob("*"))
-        if p.is_file()
-    }
-
-
 def test_hub_round_trip_through_a_local_stand_in(joint_run, exported, mixture, tmp_path):
     """export.py --push of the joint run to the stand-in Hub (HF_ENDPOINT), then foreign_class and
     from_hparams with source="user/repo" into an empty cache: the same files, the same separated
@@ -379,25 +367,9 @@ def test_hub_round_trip_through_a_local_stand_in(joint_run, exported, mixture, t
     run, _ = joint_run
     path, _ = mixture
     with HubServer(token=TOKEN) as hub:
-        env = {
-            **os.environ,
-            "HF_ENDPOINT": hub.url,
-            "HF_TOKEN": TOKEN,
-            "HF_HOME": str(tmp_path / "hf-push"),
-        }
         out = tmp_path / "pushed"
-        cmd = ["pretrained_interfaces/export.py", str(run), "--out", str(out)]
-        push = subprocess.run(
-            [sys.executable, *cmd, "--push", "user/joint"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        assert push.returncode == 0, push.stderr[-3000:]
-        assert f"{hub.url}/user/joint/commit/" in push.stdout
+        push = hub.push(run, out, "user/joint", str(tmp_path / "hf-push"))
         files = hub.repos["user/joint"]["main"]
-        assert {k: hashlib.sha256(v).hexdigest() for k, v in files.items()} == listing(out)
         assert listing(out) == listing(exported) | {"README.md": listing(out)["README.md"]}
         assert 'source="user/joint"' in files["README.md"].decode()
 
@@ -417,17 +389,8 @@ def test_hub_round_trip_through_a_local_stand_in(joint_run, exported, mixture, t
             "                 [x.speaker for x in s])\n"
             "torch.save(got, sys.argv[3])\n"
         )
-        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-load")}
-        env.pop("HF_TOKEN", None)
         result = tmp_path / "separated.pt"
-        load_proc = subprocess.run(
-            [sys.executable, "-c", code, str(tmp_path / "savedir"), str(path), str(result)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        assert load_proc.returncode == 0, load_proc.stderr[-3000:]
+        load_proc = hub.load(code, str(tmp_path / "hf-load"), tmp_path / "savedir", path, result)
         downloads = {
             p.rsplit("/", 1)[1] for m, p, _ in hub.requests if m == "GET" and "/resolve/" in p
         }

@@ -63,10 +63,13 @@ def load_recipe():
     return module
 
 
-def joint_brain(joint_recipe, options, output_folder, **overrides):
+def build_joint_brain(hparams, run_opts=None):
+    """The JointBrain and training set as ``recipes/joint/train.py`` builds them (the Pretrainer's
+    files fetched by the main process, the speaker branch prepared, the mixture datasets)."""
+    from speechbrain.utils.distributed import run_on_main
+
     recipe = load_recipe()
-    hparams = joint_recipe.load(f"--output_folder={output_folder}", *cli({**options, **overrides}))
-    hparams["pretrainer"].collect_files()
+    run_on_main(hparams["pretrainer"].collect_files)
     hparams["pretrainer"].load_collected()
     hparams["prepare_speaker_branch"]()
     train_set, _ = recipe.mixture_datasets(hparams)
@@ -74,8 +77,15 @@ def joint_brain(joint_recipe, options, output_folder, **overrides):
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],
         hparams=hparams,
+        run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
     )
+    return brain, train_set
+
+
+def joint_brain(joint_recipe, options, output_folder, **overrides):
+    hparams = joint_recipe.load(f"--output_folder={output_folder}", *cli({**options, **overrides}))
+    brain, train_set = build_joint_brain(hparams)
     batch = mixture_collate([train_set[0], train_set[1]])
     return brain, batch
 

@@ -6,13 +6,9 @@ modules' embeddings."""
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import soundfile as sf
@@ -28,8 +24,8 @@ from pretrained_interfaces.export import (
 )
 from pretrained_interfaces.speaker.custom_interface import WavLMSpeakerInterface
 from sepid.speaker.encoder import embed_in_chunks
-from tests.helpers import CORPUS, ROOT, run_script
-from tests.hub_server import HubServer
+from tests.helpers import CORPUS, run_script
+from tests.hub_server import HubServer, listing
 
 TRAIN_SPEAKERS = {
     "1688": "1688-142285",
@@ -55,15 +51,6 @@ def load(folder, **kwargs):
         classname="WavLMSpeakerInterface",
         **kwargs,
     )
-
-
-def listing(folder):
-    """name -> sha256 of every file under ``folder``."""
-    return {
-        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(Path(folder).rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -238,22 +225,8 @@ def test_hub_round_trip_through_a_local_stand_in(run, exported, tmp_path):
     an empty cache: the same files, the same embeddings, the token in no output."""
     wav = utt("2033", 3)
     with HubServer(token=TOKEN) as hub:
-        env = {
-            **os.environ,
-            "HF_ENDPOINT": hub.url,
-            "HF_TOKEN": TOKEN,
-            "HF_HOME": str(tmp_path / "hf-push"),
-        }
         out = tmp_path / "pushed"
-        cmd = ["pretrained_interfaces/export.py", str(run), "--out", str(out)]
-        cmd += ["--push", "user/spk", "--revision", "v1"]
-        push = subprocess.run(
-            [sys.executable, *cmd], cwd=ROOT, env=env, capture_output=True, text=True
-        )
-        assert push.returncode == 0, push.stderr[-3000:]
-        assert f"{hub.url}/user/spk/commit/" in push.stdout
-        files = hub.repos["user/spk"]["v1"]
-        assert {k: hashlib.sha256(v).hexdigest() for k, v in files.items()} == listing(out)
+        push = hub.push(run, out, "user/spk", str(tmp_path / "hf-push"), "--revision", "v1")
         assert listing(out) == listing(exported) | {"README.md": listing(out)["README.md"]}
         sent = [h.get("authorization") for m, _, h in hub.requests if m == "POST"]
         assert sent and all(a == f"Bearer {TOKEN}" for a in sent)
@@ -266,17 +239,8 @@ def test_hub_round_trip_through_a_local_stand_in(run, exported, tmp_path):
             "    fetch_config=FetchConfig(revision='v1'))\n"
             "torch.save(m.encode_file(sys.argv[2]), sys.argv[3])\n"
         )
-        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-load")}
-        env.pop("HF_TOKEN", None)
         emb_file = tmp_path / "emb.pt"
-        load_proc = subprocess.run(
-            [sys.executable, "-c", code, str(tmp_path / "savedir"), str(wav), str(emb_file)],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        assert load_proc.returncode == 0, load_proc.stderr[-3000:]
+        load_proc = hub.load(code, str(tmp_path / "hf-load"), tmp_path / "savedir", wav, emb_file)
         downloads = [p for m, p, _ in hub.requests if m == "GET" and "/resolve/v1/" in p]
         assert {p.rsplit("/", 1)[1] for p in downloads} >= {"hyperparams.yaml", "embedder.ckpt"}
     for text in (push.stdout, push.stderr, load_proc.stdout, load_proc.stderr):
