@@ -4,9 +4,9 @@ Paths inside manifests are written as ``$data_root/<relative path>`` so a manife
 data; recipes replace ``$data_root`` through SpeechBrain's ``replacements``.
 """
 
+import contextlib
 import csv
 import hashlib
-import io
 import json
 import logging
 import os
@@ -37,20 +37,19 @@ def resolve_path(path, data_root):
     return str(path).replace(DATA_ROOT, str(data_root))
 
 
-def write_atomic(path, content):
-    """Writes ``content`` (text, or bytes for a binary file) to ``path`` through a temporary file
-    ``.<name>.XXXXXXXX.tmp`` beside it and ``os.replace``: readers see the old file or the whole
-    new one, never a half-written one. Permissions follow the umask, as for a plain ``open``."""
+@contextlib.contextmanager
+def atomic_open(path, binary=False):
+    """A file to write ``path`` through: a temporary file ``.<name>.XXXXXXXX.tmp`` beside it,
+    renamed onto ``path`` (``os.replace``) when the block ends without an error and removed when
+    it raises. Readers see the old file or the whole new one, never a half-written one; the
+    content can be written piece by piece (nothing has to be held in memory). Permissions follow
+    the umask, as for a plain ``open``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        if isinstance(content, bytes | bytearray | memoryview):
-            with os.fdopen(fd, "wb") as f:
-                f.write(content)
-        else:
-            with os.fdopen(fd, "w", newline="") as f:
-                f.write(content)
+        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="") as f:
+            yield f
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the usual mode
         os.replace(tmp, path)
     except BaseException:
@@ -58,14 +57,24 @@ def write_atomic(path, content):
         raise
 
 
+def write_atomic(path, content):
+    """Writes ``content`` (text, or bytes for a binary file) to ``path`` through
+    :func:`atomic_open`: complete or absent."""
+    with atomic_open(path, binary=isinstance(content, bytes | bytearray | memoryview)) as f:
+        f.write(content)
+
+
 def write_csv(path, rows, fieldnames):
-    """Writes a list of dicts as a CSV atomically (header first, columns in ``fieldnames`` order)."""
-    buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, fieldnames=fieldnames, extrasaction="raise")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(path, buffer.getvalue())
-    logger.info("Wrote %d rows to %s", len(rows), path)
+    """Writes dicts (a list or any iterable, written as they come) as a CSV atomically (header
+    first, columns in ``fieldnames`` order)."""
+    n_rows = 0
+    with atomic_open(path) as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames, extrasaction="raise")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+            n_rows += 1
+    logger.info("Wrote %d rows to %s", n_rows, path)
 
 
 def read_csv(path, required_columns=()):

@@ -280,9 +280,14 @@ def interface_embedder(interface, sample_rate):
 def write_trial_scores(path, vset, scores_by_model):
     """Per-trial CSV: label, enrol, test and one score column per model/scoring."""
     columns = ["label", "enrol", "test", *scores_by_model]
-    rows = []
-    for i, (label, enrol, test) in enumerate(vset.trials):
-        row = {"label": label, "enrol": enrol, "test": test}
-        row.update({k: f"{float(v[i]):.6f}" for k, v in scores_by_model.items()})
-        rows.append(row)
-    write_csv(path, rows, columns)
+    scores = {
+        k: torch.as_tensor(v, dtype=torch.float64).tolist() for k, v in scores_by_model.items()
+    }
+
+    def rows():  # one at a time: a VoxCeleb1-H list is 550k rows
+        for i, (label, enrol, test) in enumerate(vset.trials):
+            row = {"label": label, "enrol": enrol, "test": test}
+            row.update({k: f"{v[i]:.6f}" for k, v in scores.items()})
+            yield row
+
+    write_csv(path, rows(), columns)

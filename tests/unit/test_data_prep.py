@@ -221,6 +221,31 @@ def test_write_csv_is_atomic(tmp_path):
     assert os.listdir(tmp_path) == ["m.csv"]
 
 
+def test_write_csv_streams_rows_and_stays_atomic(tmp_path):
+    """Rows are written as an iterable yields them (a 550k-trial scores file is never built in
+    memory); a failure part-way leaves the previous file whole and no temporary file."""
+    path = tmp_path / "m.csv"
+    row = {"ID": "a", "duration": 1.0, "wav": "x", "spk_id": "s"}
+    written = []
+
+    def rows(n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise RuntimeError("stopped")
+            written.append(i)
+            yield {**row, "ID": f"u{i}"}
+
+    write_csv(path, rows(3), UTT_COLUMNS)
+    assert [r["ID"] for r in read_csv(path)] == ["u0", "u1", "u2"]
+    before = path.read_text()
+    written.clear()
+    with pytest.raises(RuntimeError, match="stopped"):
+        write_csv(path, rows(5, fail_at=2), UTT_COLUMNS)
+    assert written == [0, 1]  # consumed lazily, up to the failure
+    assert path.read_text() == before
+    assert os.listdir(tmp_path) == ["m.csv"]
+
+
 def test_voxceleb_cli(vox, tmp_path):
     data, trials = vox
     save = tmp_path / "cli"
