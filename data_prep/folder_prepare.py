@@ -11,13 +11,9 @@ Example::
         --save_folder results/libri_mini
 """
 
-import logging
-
 from sepid.data.folder import prepare_folder
-from sepid.data.prep import prep_arg_parser
+from sepid.data.prep import prep_arg_parser, run_prep
 from sepid.data.speakers import parse_speakers_arg
-
-logger = logging.getLogger(__name__)
 
 
 def main(argv=None):
@@ -40,12 +36,7 @@ def main(argv=None):
         type=lambda v: tuple(e.strip() for e in v.split(",") if e.strip()),
         help="comma-separated audio extensions",
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    outputs = prepare_folder(**vars(args))
-    for key, path in outputs.items():
-        logger.info("%s: %s", key, path)
-    return outputs
+    return run_prep(prepare_folder, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -11,12 +11,8 @@ Example::
         --verification_file /data/voxceleb1/veri_test2.txt
 """
 
-import logging
-
-from sepid.data.prep import prep_arg_parser
+from sepid.data.prep import prep_arg_parser, run_prep
 from sepid.data.voxceleb import prepare_voxceleb
-
-logger = logging.getLogger(__name__)
 
 
 def main(argv=None):
@@ -30,12 +26,7 @@ def main(argv=None):
         "--no_convert_m4a", dest="convert_m4a", action="store_false", help="do not run ffmpeg"
     )
     parser.add_argument("--exclude_verification_speakers", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    outputs = prepare_voxceleb(**vars(args))
-    for key, path in outputs.items():
-        logger.info("%s: %s", key, path)
-    return outputs
+    return run_prep(prepare_voxceleb, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -718,3 +718,14 @@ def prep_arg_parser(description, data_folder_help):
     parser.add_argument("--skip_bad_files", action="store_true")
     parser.add_argument("--seed", type=int, default=1234)
     return parser
+
+
+def run_prep(prepare, args):
+    """What a prep script does with its parsed ``args``: log to the console, call ``prepare``
+    (:func:`sepid.data.voxceleb.prepare_voxceleb`, :func:`sepid.data.folder.prepare_folder`) with
+    them as named arguments, log each output path; returns the outputs."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    outputs = prepare(**vars(args))
+    for key, path in outputs.items():
+        logger.info("%s: %s", key, path)
+    return outputs

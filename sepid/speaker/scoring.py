@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from sepid.data.manifest import atomic_open
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -139,16 +141,14 @@ class EmbeddingTable:
 
     def save(self, path, fingerprint=None):
         """Saves ``{"ids": [...], "embeddings": Tensor[N, D]}`` (and ``fingerprint``, a name of the
-        model that made them, when given) with ``torch.save``, complete or absent: written to a
-        temporary file renamed onto ``path``. Returns the path."""
+        model that made them, when given) with ``torch.save``, complete or absent
+        (:func:`sepid.data.manifest.atomic_open`). Returns the path."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         data = {"ids": self._ids, "embeddings": self._embeddings}
         if fingerprint is not None:
             data["fingerprint"] = fingerprint
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(data, tmp)
-        tmp.replace(path)
+        with atomic_open(path, binary=True) as f:
+            torch.save(data, f)
         logger.info("Saved %d embeddings (dim %d) to %s", len(self), self.dim, path)
         return path
 

@@ -2,18 +2,13 @@
 evaluates with two processes; evaluation items are sharded, so each is embedded once, and the
 scores equal one process's."""
 
-import csv
 import json
 
 import pytest
 import torch
 
+from sepid.data.manifest import read_csv
 from tests.helpers import run_script
-
-
-def read_rows(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 def test_torchrun_two_processes_train_and_evaluate(tmp_path, speaker_recipe, monkeypatch):
@@ -39,8 +34,8 @@ def test_torchrun_two_processes_train_and_evaluate(tmp_path, speaker_recipe, mon
     alone = tmp_path / "eval-one-process"
     run_script(speaker_recipe.command(evaluate, out, one_by_one, f"--eval_folder={alone}"))
     two_ranks, one = (
-        read_rows(tmp_path / "eval" / "scores_verification.csv"),
-        read_rows(alone / "scores_verification.csv"),
+        read_csv(tmp_path / "eval" / "scores_verification.csv"),
+        read_csv(alone / "scores_verification.csv"),
     )
     assert len(two_ranks) == len(one) > 0
     for a, b in zip(two_ranks, one, strict=True):

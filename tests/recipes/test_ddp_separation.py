@@ -3,22 +3,17 @@ mixtures across ranks and gathers them, so its metrics files equal a single proc
 mixing gives each rank its own mixtures, reproducibly; the joint recipe reduces its validation
 metrics across ranks before it chooses and writes a checkpoint, once."""
 
-import csv
 import json
 import re
 
 import pytest
 
+from sepid.data.manifest import read_csv
 from tests.helpers import CORPUS, held_out_test_mixtures, run_script
 
 # --standalone: a free rendezvous port, so that runs in parallel (other tests, other jobs on the
 # machine) do not meet on torchrun's default port 29500
 DDP = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-
-
-def read_rows(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 def test_torchrun_separation_evaluation_equals_one_process(
@@ -45,9 +40,9 @@ def test_torchrun_separation_evaluation_equals_one_process(
         [*DDP, *separation_recipe.command(evaluate, *common, f"--output_folder={two}", gloo)]
     )
     run_script(separation_recipe.command(evaluate, *common, f"--output_folder={one}"))
-    ids = [r["ID"] for r in read_rows(mixtures / "test.csv")]
+    ids = [r["ID"] for r in read_csv(mixtures / "test.csv")]
     for table in ("per_mixture.csv", "mixture/per_mixture.csv"):
-        rows = read_rows(two / "eval" / table)
+        rows = read_csv(two / "eval" / table)
         assert sorted(r["ID"] for r in rows[:-1]) == sorted(ids), table  # each mixture once
         assert (two / "eval" / table).read_text() == (one / "eval" / table).read_text(), table
     metrics_two = json.loads((two / "eval" / "metrics.json").read_text())

@@ -21,7 +21,7 @@ from data_prep.make_mixtures import main as mixtures_main
 from sepid.data import mixture_corpus as mm
 from sepid.data.audio import AudioError
 from sepid.data.folder import prepare_folder
-from sepid.data.manifest import write_csv
+from sepid.data.manifest import read_csv, write_csv
 from sepid.data.mixture_corpus import make_mixtures
 from sepid.data.mixtures import (
     MAX_PEAK,
@@ -72,11 +72,6 @@ def run(corpus, save_folder, **kwargs):
     return make_mixtures(manifest, data, save_folder, **kwargs)
 
 
-def read_rows(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def load(wav, root):
     assert wav.startswith("$data_root/")
     sig, rate = sf.read(wav.replace("$data_root", str(root)), dtype="float32")
@@ -84,7 +79,7 @@ def load(wav, root):
 
 
 def manifest_by_id(manifest):
-    return {r["ID"]: r for r in read_rows(manifest)}
+    return {r["ID"]: r for r in read_csv(manifest)}
 
 
 def rms_db(x):
@@ -111,7 +106,7 @@ def test_outputs_columns_and_speaker_splits(corpus, mixed):
     save, outputs = mixed
     assert set(outputs) == {"train", "valid", "test", "speakers", "prep_options"}
     speakers = json.loads((save / "speakers.json").read_text())
-    everyone = sorted({r["spk_id"] for r in read_rows(corpus[1])})
+    everyone = sorted({r["spk_id"] for r in read_csv(corpus[1])})
     assert speakers["train"] == everyone[:4]
     assert speakers["valid"] == everyone[4:6]
     assert speakers["test"] == everyone[6:10]
@@ -119,7 +114,7 @@ def test_outputs_columns_and_speaker_splits(corpus, mixed):
     for split, n in N_MIX.items():
         with open(outputs[split], newline="") as f:
             assert next(csv.reader(f)) == list(MIXTURE_COLUMNS)
-        rows = read_rows(outputs[split])
+        rows = read_csv(outputs[split])
         assert len(rows) == n
         for row in rows:
             assert row["s1_spk"] != row["s2_spk"]
@@ -137,7 +132,7 @@ def test_mix_is_sum_no_clipping_gain_and_min_length(corpus, mixed):
     utts = manifest_by_id(corpus[1])
     gains = []
     for split in N_MIX:
-        for row in read_rows(outputs[split]):
+        for row in read_csv(outputs[split]):
             mix, rate = load(row["mix_wav"], save)
             s1, _ = load(row["s1_wav"], save)
             s2, _ = load(row["s2_wav"], save)
@@ -163,8 +158,8 @@ def test_valid_from_held_out_train_utterances(corpus, tmp_path):
     speakers = json.loads(Path(outputs["speakers"]).read_text())
     assert speakers["valid"] == speakers["train"]
     assert not set(speakers["train"]) & set(speakers["test"])
-    train_utts = {r[k] for r in read_rows(outputs["train"]) for k in ("s1_utt", "s2_utt")}
-    valid_utts = {r[k] for r in read_rows(outputs["valid"]) for k in ("s1_utt", "s2_utt")}
+    train_utts = {r[k] for r in read_csv(outputs["train"]) for k in ("s1_utt", "s2_utt")}
+    valid_utts = {r[k] for r in read_csv(outputs["valid"]) for k in ("s1_utt", "s2_utt")}
     assert valid_utts and not train_utts & valid_utts
     # the dynamic-mixing train set leaves the same utterances out
     data, manifest = corpus
@@ -188,7 +183,7 @@ def test_max_length_mode_pads_the_shorter(corpus, tmp_path):
     outputs = run(corpus, tmp_path / "mix", length_mode="max", n_mix={"train": 4})
     assert set(outputs) == {"train", "speakers", "prep_options"}
     utts = manifest_by_id(corpus[1])
-    for row in read_rows(outputs["train"]):
+    for row in read_csv(outputs["train"]):
         mix, _ = load(row["mix_wav"], tmp_path / "mix")
         s1, _ = load(row["s1_wav"], tmp_path / "mix")
         s2, _ = load(row["s2_wav"], tmp_path / "mix")
@@ -202,7 +197,7 @@ def test_max_length_mode_pads_the_shorter(corpus, tmp_path):
 
 def test_8khz_and_librimix_levels(corpus, tmp_path):
     outputs = run(corpus, tmp_path / "mix", sample_rate=8000, loudness="librimix")
-    for row in read_rows(outputs["test"]):
+    for row in read_csv(outputs["test"]):
         mix, rate = load(row["mix_wav"], tmp_path / "mix")
         s1, _ = load(row["s1_wav"], tmp_path / "mix")
         s2, _ = load(row["s2_wav"], tmp_path / "mix")
@@ -251,7 +246,7 @@ def test_rerun_skips_and_other_options_delete_nothing_without_overwrite(corpus, 
     with caplog.at_level(logging.INFO):
         run(corpus, save, n_mix={"train": 2, "test": 2}, overwrite=True)
     assert "n_mix.train: 5 -> 2" in caplog.text and "deleting them (overwrite=True)" in caplog.text
-    assert len(read_rows(csv_path)) == 2
+    assert len(read_csv(csv_path)) == 2
     assert not (save / "valid.csv").exists() and not (save / "valid/mix").exists()
     assert sorted(p.name for p in (save / "train/mix").iterdir()) == [
         "train_000000.wav",
@@ -299,7 +294,7 @@ def test_interrupted_run_resumes(corpus, tmp_path, monkeypatch):
     monkeypatch.setattr(mm, "_make_split", real)
     outputs = run(corpus, save)
     assert (save / "train.csv").stat().st_mtime_ns == mtime
-    assert len(read_rows(outputs["test"])) == N_MIX["test"]
+    assert len(read_csv(outputs["test"])) == N_MIX["test"]
     assert (save / "prep_options.json").is_file()
     assert not (save / mm.IN_PROGRESS).exists()
 
@@ -367,13 +362,13 @@ def test_foreign_folder_refused_unless_overwrite(corpus, tmp_path):
         run(corpus, corpus[1].parent)
     run(corpus, save, n_mix={"train": 2}, overwrite=True)
     assert (save / "notes.txt").read_text() == "precious"
-    assert len(read_rows(save / "train.csv")) == 2
+    assert len(read_csv(save / "train.csv")) == 2
     run(corpus, save, n_mix={"train": 2})  # now its own folder: no overwrite needed
     with pytest.raises(FileExistsError, match="n_mix.train: 2 -> 3"):
         run(corpus, save, n_mix={"train": 3})
     run(corpus, save, n_mix={"train": 3}, overwrite=True)
     assert (save / "notes.txt").read_text() == "precious"
-    assert len(read_rows(save / "train.csv")) == 3
+    assert len(read_csv(save / "train.csv")) == 3
 
 
 def test_bad_speaker_splits(corpus, tmp_path):
@@ -381,7 +376,7 @@ def test_bad_speaker_splits(corpus, tmp_path):
         run(corpus, tmp_path / "a", split_speakers={"train": 1, "valid": 2, "test": 2})
     with pytest.raises(ValueError, match="only 10"):
         run(corpus, tmp_path / "b", split_speakers={"train": 8, "valid": 0, "test": 8})
-    spks = sorted({r["spk_id"] for r in read_rows(corpus[1])})
+    spks = sorted({r["spk_id"] for r in read_csv(corpus[1])})
     with pytest.raises(ValueError, match="both the train and the test"):
         run(corpus, tmp_path / "c", split_speakers={"train": spks[:3], "test": spks[2:5]})
     # explicit lists and counts mix: counts take the next unassigned speakers
@@ -394,7 +389,7 @@ def test_bad_manifests(corpus, tmp_path):
     data, manifest = corpus
     with pytest.raises(FileNotFoundError, match="Manifest not found"):
         make_mixtures(tmp_path / "none.csv", data, tmp_path / "a")
-    rows = read_rows(manifest)
+    rows = read_csv(manifest)
     no_spk = tmp_path / "no_spk.csv"
     write_csv(
         no_spk,
@@ -444,7 +439,7 @@ def test_mix_sources_scaling_and_silence():
 
 def test_dynamic_mixing_dataset(corpus):
     data, manifest = corpus
-    spks = sorted({r["spk_id"] for r in read_rows(manifest)})[:4]
+    spks = sorted({r["spk_id"] for r in read_csv(manifest)})[:4]
     ds = DynamicMixingDataset(
         manifest,
         data,
@@ -511,6 +506,6 @@ def test_cli(corpus, tmp_path):
     assert os.path.isfile(save / "test/s2/test_000001.wav")
     with pytest.raises(FileExistsError, match="n_mix.test: 2 -> 1"):
         mixtures_main(args + ["--n_test", "1"])
-    assert len(read_rows(save / "test.csv")) == 2
+    assert len(read_csv(save / "test.csv")) == 2
     mixtures_main(args + ["--n_test", "1", "--overwrite"])
-    assert len(read_rows(save / "test.csv")) == 1
+    assert len(read_csv(save / "test.csv")) == 1
