@@ -447,6 +447,73 @@ def model_card(
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
+# Every name an export writes (speaker and joint); a folder holding anything else is not one.
+EXPORT_FILES = frozenset(
+    {
+        "hyperparams.yaml",
+        INTERFACE_FILE,
+        "README.md",
+        "embedder.ckpt",
+        "classifier.ckpt",
+        "label_encoder.ckpt",
+        "encoder.ckpt",
+        "masknet.ckpt",
+        "decoder.ckpt",
+    }
+)
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def check_output_target(out, run_folder, overwrite):
+    """Refuses an ``out`` that exporting would lose work in; returns ``out`` as a Path.
+
+    An existing non-empty ``out`` needs ``overwrite``, and even then it is replaced only when it
+    holds nothing but a previous export (the files :data:`EXPORT_FILES` names): never the run
+    being exported, a folder inside it or holding it, the repository, the home folder or a folder
+    this tool did not write. The error names what is there.
+    """
+    out = Path(out)
+    target = out.resolve()
+    run = Path(run_folder).resolve()
+    protected = {
+        "the training run being exported": run,
+        "this repository": REPOSITORY,
+        "the home folder": Path.home().resolve(),
+    }
+    for what, path in protected.items():
+        if target == path or target in path.parents:
+            where = f"is {what}" if target == path else f"holds {what} ({path})"
+            raise FileExistsError(
+                f"{out} {where}: the export never replaces it. Choose a new folder for --out."
+            )
+    if run in target.parents:
+        raise FileExistsError(
+            f"{out} lies inside the training run {run_folder}: write the export outside the run "
+            f"(e.g. --out {Path(run_folder).parent / 'exported'})."
+        )
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return out
+    if not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty: pass --overwrite to replace it.")
+    if not out.is_dir():
+        raise FileExistsError(
+            f"{out} is a file, not a previous export: --overwrite replaces only an exported "
+            "folder. Choose a new folder for --out."
+        )
+    entries = sorted(out.iterdir())
+    foreign = [e.name for e in entries if e.name not in EXPORT_FILES or not e.is_file()]
+    if foreign or not (out / "hyperparams.yaml").is_file():
+        shown = ", ".join(foreign[:10]) + (
+            f" and {len(foreign) - 10} more" if len(foreign) > 10 else ""
+        )
+        raise FileExistsError(
+            f"{out} is not a previous export (it holds {shown or 'no hyperparams.yaml'}): "
+            "--overwrite replaces only a folder this tool wrote. Move those files away or "
+            "choose a new folder for --out."
+        )
+    return out
+
+
 def _replace_folder(tmp, out):
     """Moves the finished ``tmp`` to ``out`` (absent, empty, or to be replaced)."""
     if out.exists():
@@ -489,9 +556,7 @@ def export_speaker(
     """
     from sepid.speaker.lora import merge_lora
 
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty: pass --overwrite to replace it.")
+    out = check_output_target(out, run_folder, overwrite)
     _check_run_folder(run_folder)
     metrics = read_metrics(run_folder)
     if threshold is None:
@@ -767,9 +832,7 @@ def export_joint(
     from sepid.joint import separate_with_modules
     from sepid.speaker.lora import merge_lora
 
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty: pass --overwrite to replace it.")
+    out = check_output_target(out, run_folder, overwrite)
     _check_output_folder(run_folder, "recipes/joint/train.py")
     path = Path(run_folder) / "eval" / "metrics.json"
     metrics = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

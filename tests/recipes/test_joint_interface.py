@@ -432,4 +432,12 @@ def test_export_refuses_to_overwrite(joint_run, tmp_path):
     (out / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="--overwrite"):
         export_joint(run_folder=run, out=out)
+    with pytest.raises(FileExistsError, match="not a previous export.*keep.txt"):
+        export_joint(run_folder=run, out=out, overwrite=True)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    # the training run itself, or the folder that holds it, is never replaced (issue 22)
+    before = sorted(p.relative_to(run.parent) for p in run.parent.rglob("*"))
+    for target in (run, run.parent):
+        with pytest.raises(FileExistsError, match="training run"):
+            export_joint(run_folder=run, out=target, overwrite=True)
+    assert sorted(p.relative_to(run.parent) for p in run.parent.rglob("*")) == before

@@ -9,6 +9,7 @@ import logging
 import re
 import shutil
 import socket
+from pathlib import Path
 
 import pytest
 import soundfile as sf
@@ -17,9 +18,12 @@ import torch.nn.functional as F
 from speechbrain.inference.interfaces import foreign_class
 
 from pretrained_interfaces.export import (
+    REPOSITORY,
     PublishError,
+    check_output_target,
     export_speaker,
     load_run,
+    main,
     push_folder,
 )
 from pretrained_interfaces.speaker.custom_interface import WavLMSpeakerInterface
@@ -315,7 +319,31 @@ def test_export_refuses_to_overwrite_and_leaves_nothing_half_written(run, tmp_pa
     with pytest.raises(FileNotFoundError, match="No checkpoint"):
         export_speaker(run_folder=no_ckpt, out=tmp_path / "never")
     assert not (tmp_path / "never").exists() and not list(tmp_path.glob(".never*"))
-    # --overwrite replaces the folder as a whole
-    export_speaker(run_folder=run, out=out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "embedder.ckpt").is_file()
-    assert not list(tmp_path.glob(".existing*"))
+    # --overwrite never replaces a folder the export did not write: it names what is there
+    with pytest.raises(FileExistsError, match="not a previous export.*keep.txt"):
+        export_speaker(run_folder=run, out=out, overwrite=True)
+    assert listing(out) == {"keep.txt": hashlib.sha256(b"mine").hexdigest()}
+    # a previous export is replaced as a whole
+    previous = tmp_path / "previous"
+    export_speaker(run_folder=run, out=previous)
+    (previous / "embedder.ckpt").write_bytes(b"stale")
+    export_speaker(run_folder=run, out=previous, overwrite=True)
+    assert (previous / "embedder.ckpt").read_bytes() != b"stale"
+    assert not list(tmp_path.glob(".previous*"))
+
+
+def test_overwrite_never_deletes_the_run_or_what_holds_it(run, tmp_path):
+    """Issue 22 items 1-2: `export.py RUN --out RUN --overwrite` deleted the training run, and
+    `--out <folder holding RUN>` every run in it. Both refuse now (exit 1), and nothing moves."""
+    before = listing(run.parent)
+    for out in (run, run.parent, run / "exported"):
+        assert main([str(run), "--out", str(out), "--overwrite"]) == 1
+        with pytest.raises(FileExistsError, match="training run"):
+            export_speaker(run_folder=run, out=out, overwrite=True)
+    assert listing(run.parent) == before
+    # the repository and the home folder are never replaced, whatever they hold
+    for out, what in ((REPOSITORY, "this repository"), (Path.home(), "the home folder")):
+        with pytest.raises(FileExistsError, match=what):
+            check_output_target(out, run_folder=run, overwrite=True)
+    with pytest.raises(FileExistsError, match="holds this repository"):
+        check_output_target(REPOSITORY.parent, run_folder=run, overwrite=True)
