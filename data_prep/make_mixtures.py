@@ -4,7 +4,9 @@
 The command line of :func:`sepid.data.mixture_corpus.make_mixtures` (outputs, reruns and
 ``--overwrite``: see there; speaker splits, levels and the no-clipping rule:
 :mod:`sepid.data.mixtures`). ``--n_<split>`` and ``--<split>_speakers`` give the ``n_mix`` and
-``split_speakers`` of each split.
+``split_speakers`` of each split. No pair of utterances is mixed twice in a split and each
+utterance is in at most ``ceil(2 n / U)`` of its ``n`` mixtures; more mixtures than the split's
+distinct pairs is an error naming the maximum (``--allow_fewer``: that many, with a warning).
 
 Example (the reference system's protocol on VoxCeleb2's first 100 speakers): training mixtures
 of speakers 1-50 from the speaker recipe's training manifest, test mixtures of speakers 51-100
@@ -65,6 +67,12 @@ def main(argv=None):
     parser.add_argument("--min_duration", type=float, default=1.0)
     parser.add_argument("--valid_utt_fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument(
+        "--allow_fewer",
+        action="store_true",
+        help="when --n_<split> exceeds the distinct pairs of utterances the split has, make "
+        "that many with a warning (default: an error naming the maximum)",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",

@@ -24,7 +24,12 @@ classes, levels (``gain_db``, ``loudness``), ``length_mode`` and the no-clipping
 
 Each mixture pairs utterances of two different speakers, drawn with
 ``numpy.random.default_rng([seed, split index])`` (train 0, valid 1, test 2): the same options
-give byte-identical CSVs and audio. Utterances shorter than ``min_duration`` are not used
+give byte-identical CSVs and audio. Within a split no unordered pair of utterances is mixed
+twice (the same two utterances in swapped order at 0 dB would be the same audio) and reuse is
+balanced: each utterance is in at most ``ceil(2 n / U)`` mixtures (``n`` mixtures, ``U`` usable
+utterances; :class:`sepid.data.mixtures.DistinctPairDrawer`). Asking for more mixtures than the
+split's distinct pairs (:func:`sepid.data.mixtures.max_distinct_pairs`) is an error naming that
+maximum, or, with ``allow_fewer=True``, that many mixtures and a warning. Utterances shorter than ``min_duration`` are not used
 (counted in the log); a draw whose mixture would be shorter than ``min_duration`` or whose source
 is silent is drawn again, at most :data:`sepid.data.mixtures.MAX_ATTEMPTS` times, then an error.
 
@@ -77,10 +82,10 @@ from sepid.data.mixtures import (
     DEFAULT_SPLIT_SPEAKERS,
     MAX_ATTEMPTS,
     SPLITS,
+    DistinctPairDrawer,
     MixingOptions,
     SilentSourceError,
     corpus_sample_rate,
-    draw_pair,
     split_speaker_pools,
     write_float_wav,
 )
@@ -91,7 +96,7 @@ from sepid.training.experiment import LOCK_NAME
 logger = logging.getLogger(__name__)
 
 PREP_NAME = "make_mixtures"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: distinct pairs, balanced reuse (1 could draw a pair twice)
 IN_PROGRESS = ".make_mixtures_in_progress.json"
 AUDIO_KINDS = ("mix", "s1", "s2")
 # The temporary files of sepid.data.manifest.write_atomic (tempfile.mkstemp: prefix ".<name>.",
@@ -281,18 +286,20 @@ def _prepare_folder(save_folder, options, own, clear):
     (save_folder / PREP_OPTIONS_FILE).unlink(missing_ok=True)
 
 
-def _make_split(split, n, pool, save_folder, sample_rate, mixing):
-    """Draws, mixes and writes the ``n`` mixtures of ``split`` from ``pool``, then its CSV (the
-    split's commit point)."""
-    rng = np.random.default_rng([mixing.seed, SPLITS.index(split)])
+def _make_split(split, pool, pairs, save_folder, sample_rate, mixing):
+    """Mixes and writes the ``len(pairs)`` mixtures of ``split`` planned by ``pairs`` (a
+    :class:`sepid.data.mixtures.DistinctPairDrawer`), then its CSV (the split's commit point)."""
+    rng = pairs.rng
+    n = len(pairs)
     min_duration = mixing.min_duration
     min_samples = min_duration * sample_rate
     rows, redrawn = [], 0
     for i in range(n):
         for _ in range(MAX_ATTEMPTS):
-            u1, u2 = draw_pair(rng, pool)
+            u1, u2 = pairs[i]
             level_db, gain_db = mixing.draw_levels(rng)
             if mixing.length_mode == "min" and min(u1.duration, u2.duration) < min_duration:
+                pairs.replace(i)
                 redrawn += 1
                 continue
             sig1, sig2 = read_audio(u1.path, sample_rate), read_audio(u2.path, sample_rate)
@@ -300,18 +307,14 @@ def _make_split(split, n, pool, save_folder, sample_rate, mixing):
                 mix, s1, s2 = mixing.mix(sig1, sig2, level_db, gain_db)
             except SilentSourceError as err:
                 logger.warning("Redrawing %s mixture %d: %s (%s, %s)", split, i, err, u1.id, u2.id)
+                pairs.replace(i)
                 redrawn += 1
                 continue
             if mix.shape[0] + 2 < min_samples:
+                pairs.replace(i)
                 redrawn += 1
                 continue
             break
-        else:
-            raise ValueError(
-                f"No usable {split} mixture in {MAX_ATTEMPTS} draws (mixture {i}): sources are "
-                f"silent or mixtures shorter than min_duration={min_duration} s. Check the "
-                "manifest's audio and durations, or lower min_duration."
-            )
         mix_id = f"{split}_{i:06d}"
         paths = {}
         for kind, sig in (("mix", mix), ("s1", s1), ("s2", s2)):
@@ -354,6 +357,7 @@ def make_mixtures(
     min_duration=1.0,
     seed=1234,
     valid_utt_fraction=0.1,
+    allow_fewer=False,
     overwrite=False,
 ):
     """Writes a two-speaker mixture corpus from a speaker manifest (see the module docstring).
@@ -387,6 +391,10 @@ def make_mixtures(
     valid_utt_fraction : float
         Fraction of each train speaker's utterances held out for valid when valid has no
         speakers of its own.
+    allow_fewer : bool
+        When a split's ``n_mix`` exceeds the distinct pairs its utterances make: write that
+        many with a warning (the CSV then has fewer rows) instead of raising a ``ValueError``
+        that names the maximum.
     overwrite : bool
         Allow replacing mixtures that this tool wrote in ``save_folder`` with other options
         (they are deleted first), or writing into a non-empty folder that it did not write
@@ -428,6 +436,7 @@ def make_mixtures(
         "min_duration": min_duration,
         "seed": seed,
         "valid_utt_fraction": valid_utt_fraction,
+        "allow_fewer": bool(allow_fewer),
     }
     owned = check_save_folder(save_folder, overwrite)
     previous, state = previous_run(save_folder) if owned else (None, None)
@@ -453,9 +462,17 @@ def make_mixtures(
                 return output_paths(save_folder, n_mix)
 
     pools, _ = split_speaker_pools(manifest, data_folder, spec, min_duration, valid_utt_fraction)
+    drawers = {}
     for split in SPLITS:
         if n_mix[split] > 0:
             pools[split].check(split, f"manifest {manifest}")
+            drawers[split] = DistinctPairDrawer(
+                np.random.default_rng([seed, SPLITS.index(split)]),
+                pools[split],
+                n_mix[split],
+                where=f"Split {split!r} of manifest {manifest}",
+                allow_fewer=allow_fewer,
+            )
     if sample_rate is None:
         sample_rate = corpus_sample_rate(list(pools.values()))
         logger.info("Mixtures at the corpus's sample rate, %d Hz (first file)", sample_rate)
@@ -477,7 +494,7 @@ def make_mixtures(
         if resume and (save_folder / mixture_csv(split)).is_file():
             logger.info("%s.csv already written with the same options: keeping it", split)
             continue
-        _make_split(split, n_mix[split], pools[split], save_folder, sample_rate, mixing)
+        _make_split(split, pools[split], drawers[split], save_folder, sample_rate, mixing)
     speakers = {split: pools[split].speakers for split in SPLITS}
     write_atomic(save_folder / SPEAKERS_JSON, json.dumps(speakers, indent=2))
     save_prep_options(save_folder, options)

@@ -450,6 +450,165 @@ def draw_pair(rng, pool):
     return utts1[int(rng.integers(len(utts1)))], utts2[int(rng.integers(len(utts2)))]
 
 
+def max_distinct_pairs(pool):
+    """How many distinct unordered pairs of utterances of two different speakers ``pool`` holds:
+    ``(U**2 - sum_s u_s**2) / 2`` for ``U`` usable utterances, ``u_s`` of speaker ``s``."""
+    sizes = [len(pool.utts[spk]) for spk in pool.drawable]
+    total = sum(sizes)
+    return (total * total - sum(n * n for n in sizes)) // 2
+
+
+class DistinctPairDrawer:
+    """Plans the pairs of a written split: never the same unordered pair of utterances twice
+    (``(a, b)`` and ``(b, a)`` included) and each utterance in at most ``reuse_cap =
+    ceil(2 n / U)`` pairs (``n`` mixtures, ``U`` usable utterances of the split).
+
+    The plan is made when the drawer is: each new pair takes an utterance under the cap and a
+    partner among the utterances of the other speakers that are under the cap and were never
+    paired with it, each uniformly among the least used utterances of the speakers with the most
+    quota left (:meth:`_pick`, so that no speaker is left over with only itself to pair); which
+    one is ``s1`` is drawn with equal odds. When no such pair is left before ``n``, one planned
+    pair ``(x, y)`` (not yet written) is swapped for two new ones ``(a, x)``, ``(c, y)`` with
+    ``a``, ``c`` utterances under the cap (:meth:`_repair`): one pair more, every use still under
+    the cap. Only when no swap exists either (a speaker holding a large share of the
+    utterances can make the cap unreachable) is it an error.
+
+    A planned pair that cannot be mixed (:meth:`replace`: a silent source, a mixture too short)
+    is never planned again and gives its utterances' quota back; a new pair takes its place.
+
+    Arguments
+    ---------
+    rng : numpy.random.Generator
+        The split's generator.
+    pool : SpeakerPool
+        What the split draws from.
+    n : int
+        Mixtures wanted.
+    where : str
+        Named in errors (e.g. ``"split 'test' of manifest x.csv"``).
+    allow_fewer : bool
+        When ``n`` exceeds :func:`max_distinct_pairs`: plan that many with a warning instead of
+        raising a ``ValueError`` that names the maximum.
+    """
+
+    def __init__(self, rng, pool, n, where="the split", allow_fewer=False):
+        self.rng = rng
+        self.where = where
+        self.sources = [u for spk in pool.drawable for u in pool.utts[spk]]
+        self.spk = np.array([i for i, spk in enumerate(pool.drawable) for _ in pool.utts[spk]])
+        self.n_spk = len(pool.drawable)
+        self.maximum = max_distinct_pairs(pool)
+        if n > self.maximum:
+            message = (
+                f"{where}: {n} mixtures asked for, but its {len(self.sources)} usable "
+                f"utterances of {len(pool.drawable)} speakers make at most {self.maximum} "
+                "distinct pairs (no pair of utterances may be mixed twice)."
+            )
+            if not allow_fewer:
+                raise ValueError(
+                    f"{message} Ask for at most {self.maximum} (--n_<split>), give the split "
+                    "more speakers or utterances, or pass allow_fewer=True (--allow_fewer) to "
+                    f"make {self.maximum} with a warning."
+                )
+            logger.warning("%s Making %d (allow_fewer=True).", message, self.maximum)
+            n = self.maximum
+        self.n = int(n)
+        self.reuse_cap = -(-2 * self.n // len(self.sources)) if self.n else 0
+        self.uses = np.zeros(len(self.sources), dtype=np.int64)
+        self.partners = [set() for _ in self.sources]  # planned or banned
+        self.pairs = []  # planned (s1, s2) utterance indices
+        self.fixed = 0  # pairs[:fixed] are written: never swapped
+        while len(self.pairs) < self.n:
+            self._add(len(self.pairs))
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, i):
+        """Pair ``i`` as ``(s1, s2)`` :class:`Source`; pairs before it are then written."""
+        self.fixed = max(self.fixed, i)
+        a, b = self.pairs[i]
+        return self.sources[a], self.sources[b]
+
+    def _link(self, a, b, at):
+        self.partners[a].add(b)
+        self.partners[b].add(a)
+        self.uses[a] += 1
+        self.uses[b] += 1
+        pair = (a, b) if self.rng.random() < 0.5 else (b, a)
+        self.pairs.insert(at, pair)
+
+    def _pick(self, candidates):
+        """One of ``candidates`` (utterance indices), uniformly among the least used utterances
+        of the speakers with the most quota left (``sum(cap - uses)`` over their utterances)."""
+        left = np.bincount(self.spk, weights=self.reuse_cap - self.uses, minlength=self.n_spk)
+        key = left[self.spk[candidates]] * (self.reuse_cap + 1) - self.uses[candidates]
+        best = candidates[key == key.max()]
+        return int(best[int(self.rng.integers(best.size))])
+
+    def _free_partners(self, a):
+        ok = (self.spk != self.spk[a]) & (self.uses < self.reuse_cap)
+        if self.partners[a]:
+            ok[list(self.partners[a])] = False
+        return np.flatnonzero(ok)
+
+    def _can_pair(self, a, x):
+        return a != x and self.spk[a] != self.spk[x] and x not in self.partners[a]
+
+    def _add(self, at):
+        """Plans one more pair at position ``at``."""
+        open_ = np.flatnonzero(self.uses < self.reuse_cap)
+        while open_.size:
+            a = self._pick(open_)
+            free = self._free_partners(a)
+            if free.size:
+                self._link(a, self._pick(free), at)
+                return
+            open_ = open_[open_ != a]
+        self._repair(at)
+
+    def _repair(self, at):
+        """Swaps an unwritten planned pair ``(x, y)`` for ``(a, x)`` and ``(c, y)``, ``a`` and
+        ``c`` under the cap (the same utterance when it has two uses left)."""
+        open_ = np.flatnonzero(self.uses < self.reuse_cap).tolist()
+        ends = [
+            (a, c)
+            for i, a in enumerate(open_)
+            for c in open_[i:]
+            if a != c or self.uses[a] + 2 <= self.reuse_cap
+        ]
+        order = self.rng.permutation(np.arange(self.fixed, len(self.pairs)))
+        for a, c in ends:
+            for k in order.tolist():
+                p, q = self.pairs[k]
+                for x, y in ((p, q), (q, p)):
+                    if self._can_pair(a, x) and self._can_pair(c, y) and (a, x) != (y, c):
+                        del self.pairs[k]
+                        self.uses[x] -= 1
+                        self.uses[y] -= 1
+                        self.partners[x].discard(y)
+                        self.partners[y].discard(x)
+                        self._link(a, x, k)
+                        self._link(c, y, at)
+                        return
+        raise ValueError(
+            f"{self.where}: no new pair of utterances is left with each utterance in at most "
+            f"{self.reuse_cap} mixtures (ceil(2 x {self.n} / {len(self.sources)} utterances)) "
+            f"after {len(self.pairs)} mixture(s): one speaker holds too large a share of the "
+            "utterances to balance their reuse. Ask for fewer mixtures or give the split "
+            "speakers with similar numbers of utterances."
+        )
+
+    def replace(self, i):
+        """Pair ``i`` could not be mixed: it is dropped (never planned again, its utterances'
+        quota back) and a new pair takes its place."""
+        self.fixed = i
+        a, b = self.pairs.pop(i)
+        self.uses[a] -= 1
+        self.uses[b] -= 1  # a and b stay in each other's partners: banned
+        self._add(i)
+
+
 def draw_levels(rng, gain_db_range=(0.0, 0.0), loudness="none"):
     """Draws ``(level_db, gain_db)``: the RMS level of s1 (dBFS) and that of s2 relative to s1
     (see the module docstring), rounded to :data:`DB_DECIMALS` decimals."""

@@ -25,9 +25,13 @@ from sepid.data.manifest import read_csv, write_csv
 from sepid.data.mixture_corpus import make_mixtures
 from sepid.data.mixtures import (
     MAX_PEAK,
+    DistinctPairDrawer,
     DynamicMixingDataset,
     MixingOptions,
     SilentSourceError,
+    Source,
+    SpeakerPool,
+    max_distinct_pairs,
     mix_sources,
     mixture_collate,
 )
@@ -177,6 +181,110 @@ def test_reproducible_and_seed_dependent(corpus, mixed, tmp_path):
     assert folder_bytes(tmp_path / "same") == folder_bytes(save)
     run(corpus, tmp_path / "other", gain_db_range=(-5.0, 5.0), seed=99)
     assert (tmp_path / "other/train.csv").read_bytes() != (save / "train.csv").read_bytes()
+
+
+def _pool(sizes):
+    """A pool of speakers ``s0, s1, ...`` with ``sizes[k]`` utterances each (no audio needed)."""
+    utts = {
+        f"s{k}": [Source(f"s{k}-{i}", f"s{k}-{i}.wav", f"s{k}", 2.0) for i in range(n)]
+        for k, n in enumerate(sizes)
+    }
+    return SpeakerPool(sorted(utts), utts)
+
+
+def _pair_stats(pairs):
+    unordered = [frozenset((a.id, b.id)) for a, b in pairs]
+    uses = {}
+    for a, b in pairs:
+        for u in (a, b):
+            uses[u.id] = uses.get(u.id, 0) + 1
+    return unordered, uses
+
+
+@pytest.mark.parametrize(
+    "sizes,n",
+    [
+        ((2,) * 10, 180),  # the demo: every pair of 10 speakers x 2 utterances
+        ((2,) * 10, 170),
+        ((5,) * 4, 40),
+        ((5,) * 4, 149),
+        ((2, 3, 4), 20),
+        ((3, 7, 9, 2), 60),
+        ((30,) * 50, 1000),
+    ],
+)
+@pytest.mark.parametrize("seed", range(5))
+def test_distinct_pairs_and_balanced_reuse(sizes, n, seed):
+    pool = _pool(sizes)
+    drawer = DistinctPairDrawer(np.random.default_rng([seed, 2]), pool, n)
+    pairs = [drawer[i] for i in range(len(drawer))]
+    unordered, uses = _pair_stats(pairs)
+    assert len(pairs) == len(set(unordered)) == n  # no pair twice, swapped order included
+    assert all(a.spk != b.spk for a, b in pairs)
+    cap = -(-2 * n // sum(sizes))
+    assert max(uses.values()) <= cap == drawer.reuse_cap
+    if sizes == (2,) * 10:
+        assert max_distinct_pairs(pool) == (20**2 - 10 * 2**2) // 2 == 180
+    assert {a.id < b.id for a, b in pairs} == {True, False}  # either utterance may be s1
+
+
+def test_replaced_pair_is_not_drawn_again():
+    pool = _pool((3, 3))  # 9 distinct pairs, cap ceil(2 x 4 / 6) = 2
+    drawer = DistinctPairDrawer(np.random.default_rng(0), pool, 4)
+    first = drawer[0]
+    written = drawer[1]
+    drawer.replace(2)  # e.g. a silent source: its quota back, the pair never again
+    pairs = [drawer[i] for i in range(4)]
+    assert pairs[0] == first and pairs[1] == written  # written pairs are kept
+    unordered, uses = _pair_stats(pairs)
+    assert len(set(unordered)) == 4 and max(uses.values()) <= 2
+
+
+def test_replaced_pair_is_banned():
+    pool = _pool((2, 2))  # 4 distinct pairs, cap ceil(2 x 2 / 4) = 1: a perfect matching
+    drawer = DistinctPairDrawer(np.random.default_rng(0), pool, 2)
+    drawer[0], drawer[1]  # pair 0 written: the only pair left for pair 1's quota is itself
+    with pytest.raises(ValueError, match="no new pair of utterances is left"):
+        drawer.replace(1)
+
+
+def test_unbalanced_pool_cannot_balance_reuse():
+    # speaker s0 holds 10 of the 11 utterances: 10 distinct pairs, all through s1's one
+    # utterance, which the cap ceil(2 x 10 / 11) = 2 allows in 2 mixtures only
+    with pytest.raises(ValueError, match=r"split x: no new pair .* at most 2 mixtures"):
+        DistinctPairDrawer(np.random.default_rng(0), _pool((10, 1)), 10, where="split x")
+
+
+def test_written_split_has_distinct_balanced_pairs(corpus, tmp_path):
+    # 4 test speakers x 5 utterances: at most (20^2 - 4 x 5^2) / 2 = 150 distinct pairs
+    outputs = run(corpus, tmp_path / "mix", n_mix={"test": 40})
+    rows = read_csv(outputs["test"])
+    unordered = [frozenset((r["s1_utt"], r["s2_utt"])) for r in rows]
+    assert len(rows) == 40 and len(set(unordered)) == 40
+    uses = {}
+    for r in rows:
+        for key in ("s1_utt", "s2_utt"):
+            uses[r[key]] = uses.get(r[key], 0) + 1
+    assert max(uses.values()) <= 4  # ceil(2 x 40 / 20)
+    assert len(uses) == 20  # and every utterance is used
+
+
+def test_more_mixtures_than_distinct_pairs(corpus, tmp_path, caplog):
+    with pytest.raises(ValueError, match="make at most 150 distinct pairs.*Ask for at most 150"):
+        run(corpus, tmp_path / "mix", n_mix={"test": 151})
+    assert not (tmp_path / "mix").exists()  # refused before anything is written
+    # 2 test speakers x 5 utterances: 25 pairs; allow_fewer makes those 25 and warns
+    with caplog.at_level(logging.WARNING, logger="sepid.data.mixtures"):
+        outputs = run(
+            corpus,
+            tmp_path / "fewer",
+            n_mix={"test": 30},
+            split_speakers={"train": 4, "valid": 2, "test": 2},
+            allow_fewer=True,
+        )
+    assert "at most 25 distinct pairs" in caplog.text and "Making 25" in caplog.text
+    rows = read_csv(outputs["test"])
+    assert len({frozenset((r["s1_utt"], r["s2_utt"])) for r in rows}) == len(rows) == 25
 
 
 def test_max_length_mode_pads_the_shorter(corpus, tmp_path):
@@ -379,8 +487,13 @@ def test_bad_speaker_splits(corpus, tmp_path):
     spks = sorted({r["spk_id"] for r in read_csv(corpus[1])})
     with pytest.raises(ValueError, match="both the train and the test"):
         run(corpus, tmp_path / "c", split_speakers={"train": spks[:3], "test": spks[2:5]})
-    # explicit lists and counts mix: counts take the next unassigned speakers
-    outputs = run(corpus, tmp_path / "d", split_speakers={"train": 3, "valid": 0, "test": spks[:2]})
+    # explicit lists and counts mix: counts take the next unassigned speakers (valid: 1
+    # held-out utterance of each of the 3 train speakers, 3 distinct pairs)
+    split_speakers = {"train": 3, "valid": 0, "test": spks[:2]}
+    with pytest.raises(ValueError, match="Split 'valid' .* at most 3 distinct pairs"):
+        run(corpus, tmp_path / "d", split_speakers=split_speakers)
+    n_mix = {"train": 5, "valid": 3, "test": 4}
+    outputs = run(corpus, tmp_path / "d", split_speakers=split_speakers, n_mix=n_mix)
     speakers = json.loads(Path(outputs["speakers"]).read_text())
     assert speakers["test"] == spks[:2] and speakers["train"] == spks[2:5]
 
