@@ -1,138 +1,293 @@
-"""Benchmark: one joint training step (forward, backward, optimizer) on this machine's CPU.
+"""Benchmark: memory and time of one joint training step, with and without activation checkpointing.
 
-Runs ``JointBrain.fit_batch`` (the recipe's own step: SepFormer -> differentiable resampling ->
-WavLM + LoRA -> ArcFace, PIT SI-SNR + speaker loss) for two configurations with random weights
-(the Hub is not reachable here; speed and memory do not depend on the weights):
+Builds the modules from the real ``hparams/sepformer-wavlm-speaker.yaml`` (random weights: the
+Hub is not reachable here, and speed and memory do not depend on the weights) and runs the
+recipe's own ``JointBrain.fit_batch`` in train mode (forward, backward, clipping, optimizer
+step: SepFormer -> differentiable resampling -> WavLM + LoRA -> ArcFace, PIT SI-SNR + speaker
+loss) on a batch of random 8 kHz sources. Configurations:
 
-* ``tiny``: the test/demo models;
-* ``default``: the sizes of ``hparams/sepformer-wavlm-speaker.yaml`` (sepformer-whamr's
-  architecture, WavLM Base+'s), batch 2 x 4 s at 8 kHz.
+* ``tiny``: the test/demo model sizes;
+* ``default``: the YAML's own sizes (speechbrain/sepformer-whamr's architecture, WavLM Base+'s).
 
-Peak memory is the process's maximum resident set size (``ru_maxrss``) after each
-configuration, so the second figure includes the first's; the default config runs last.
+Each (configuration, ``activation_checkpointing``, batch size) runs in a fresh process, so its
+peak RSS is its own. Per case it records:
 
-Run: ``python tests/benchmarks/bench_joint_step.py [--steps 3] [--out ...]``. Writes JSON.
+* ``seconds_per_step``: the median of ``--steps`` steps after one warm-up step;
+* ``peak_rss_gib``: the process's maximum resident set size (``ru_maxrss``) over the whole run;
+* ``peak_heap_gib``: the peak of glibc's live heap (``mallinfo2``: bytes in use in the arena plus
+  mmapped blocks), sampled every millisecond by a thread during the timed steps. RSS stays above
+  it because glibc keeps freed memory for reuse;
+* ``model_gib``: the heap after building the model and optimizer, before any step;
+* ``saved_for_backward_gib`` by module (no checkpointing only): the bytes autograd keeps for the
+  backward pass, attributed to the top-level module whose forward produced them (separator
+  encoder, masknet, decoder, speaker encoder, classifier), i.e. which part holds the memory.
+
+Run: ``python tests/benchmarks/bench_joint_step.py [--configs tiny default] [--batch_sizes 1 2]``
+Writes ``tests/benchmarks/results/joint_step.json``. A benchmark, never a timed test.
 """
 
 import argparse
+import ctypes
+import functools
+import json
 import resource
+import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
+import speechbrain as sb
 import torch
-import torchaudio
 
 # sibling module (the script folder is on sys.path)
 from bench_common import REPO, load_script, write_result
-from hyperpyyaml import load_hyperpyyaml
-from speechbrain.dataio.batch import PaddedBatch
-from speechbrain.dataio.encoder import CategoricalEncoder
-from speechbrain.lobes.models.ECAPA_TDNN import Classifier
-from speechbrain.nnet.losses import AdditiveAngularMargin, LogSoftmaxWrapper
-from transformers import WavLMConfig, WavLMModel
 
-from sepid.speaker.encoder import WavLMSpeakerEncoder
-from sepid.tiny import SEPFORMER_WHAMR_SIZE, TINY_SEPFORMER, TINY_SEPFORMER_YAML, save_tiny_wavlm
-
-CONFIGS = {
-    "tiny": {"sepformer": TINY_SEPFORMER, "wavlm_base_size": False, "embedding_dim": 64},
-    "default": {"sepformer": SEPFORMER_WHAMR_SIZE, "wavlm_base_size": True, "embedding_dim": 512},
+GIB = 2**30
+YAML = REPO / "hparams/sepformer-wavlm-speaker.yaml"
+SIZE_KEYS = {  # sepid.tiny's SepFormer sizes -> the joint YAML's keys
+    "channels": "N_encoder_out",
+    "ffn": "transformer_ffn",
+    "layers": "transformer_layers",
+    "nhead": "transformer_heads",
+    "blocks": "dual_path_layers",
+    "chunk": "chunk_size",
 }
+MODULES = ("separator_encoder", "masknet", "separator_decoder", "speaker_encoder", "classifier")
 
 
-class Speaker:
-    """What the recipe reads from the speaker experiment: its label encoder."""
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
-    def __init__(self, speakers):
-        self.label_encoder = CategoricalEncoder()
-        self.label_encoder.update_from_iterable(speakers)
+
+_LIBC = ctypes.CDLL("libc.so.6")
+_LIBC.mallinfo2.restype = _Mallinfo2
 
 
-def build_brain(recipe, config, work, n_speakers=100):
-    sep = load_hyperpyyaml(TINY_SEPFORMER_YAML.format(sample_rate=8000, **config["sepformer"]))
-    if config["wavlm_base_size"]:  # WavLMConfig's defaults are WavLM Base(+)'s sizes
-        wavlm = work / "wavlm-base-size"
-        WavLMModel(WavLMConfig()).save_pretrained(wavlm)
-    else:
-        wavlm = save_tiny_wavlm(work / "wavlm")
-    encoder = WavLMSpeakerEncoder(wavlm, embedding_dim=config["embedding_dim"])
-    classifier = Classifier(input_size=config["embedding_dim"], out_neurons=n_speakers)
-    speakers = [f"spk{i}" for i in range(n_speakers)]
-    hparams = {
+def heap_bytes():
+    """Bytes glibc has handed out and not taken back: in-use arena chunks + mmapped blocks."""
+    info = _LIBC.mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+class HeapPeak:
+    """Samples :func:`heap_bytes` every millisecond in a thread (torch releases the GIL in its
+    kernels) and keeps the maximum."""
+
+    def __enter__(self):
+        self.peak = heap_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, heap_bytes())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, heap_bytes())
+
+
+def build_brain(config, checkpointing, work, n_speakers=100):
+    """The JointBrain of ``recipes/joint/train.py`` with the YAML's modules (random weights)."""
+    from hyperpyyaml import load_hyperpyyaml
+    from transformers import WavLMConfig, WavLMModel
+
+    from sepid.speaker.encoder import set_classifier_outputs
+    from sepid.tiny import TINY_SEPFORMER, save_tiny_wavlm
+
+    overrides = {
+        "data_folder": str(work / "data"),
+        "output_folder": str(work / "out"),
+        "speaker_source": None,
+        "activation_checkpointing": checkpointing,
         "speed_perturb": False,
-        "num_spks": 2,
-        "speaker": Speaker(speakers),
-        "speaker_cost": LogSoftmaxWrapper(AdditiveAngularMargin(margin=0.2, scale=30.0)),
-        "threshold_byloss": True,
-        "loss_lower_lim": -30.0,
-        "si_snr_loss_weight": 1.0,
-        "speaker_loss_weight": 0.1,
     }
-    modules = {
-        "separator_encoder": sep["Encoder"],
-        "masknet": sep["MaskNet"],
-        "separator_decoder": sep["Decoder"],
-        "speaker_encoder": encoder,
-        "classifier": classifier,
-        "resampler": torchaudio.transforms.Resample(8000, 16000),
-    }
+    if config == "tiny":
+        overrides["wavlm_source"] = str(save_tiny_wavlm(work / "wavlm"))
+        overrides.update({SIZE_KEYS[k]: v for k, v in TINY_SEPFORMER.items()})
+        overrides["embedding_dim"] = 64
+    else:  # WavLMConfig's defaults are WavLM Base(+)'s sizes; the YAML's are sepformer-whamr's
+        WavLMModel(WavLMConfig()).save_pretrained(work / "wavlm-base-size")
+        overrides["wavlm_source"] = str(work / "wavlm-base-size")
+    with open(YAML, encoding="utf-8") as f:
+        hparams = load_hyperpyyaml(f, overrides)
+    speakers = [f"spk{i}" for i in range(n_speakers)]
+    hparams["label_encoder"].update_from_iterable(speakers)
+    set_classifier_outputs(hparams["classifier"], n_speakers)
+    recipe = load_script("recipes/joint/train.py", "joint_train")
     brain = recipe.JointBrain(
-        modules=modules,
-        opt_class=lambda params: torch.optim.Adam(params, lr=1e-4),
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
         hparams=hparams,
-        run_opts={"max_grad_norm": 5.0},
+        run_opts={"max_grad_norm": hparams["max_grad_norm"]},
     )
+    brain.train_set = None  # batches are made here, not drawn from a dataset
     brain.on_fit_start()
-    brain.on_stage_start = lambda *a, **k: None
-    brain.n_dropped = 0
+    brain.on_stage_start(sb.Stage.TRAIN, 1)
+    brain.modules.train()
     return brain, speakers
 
 
-def make_batch(speakers, batch_size, seconds):
-    n = int(seconds * 8000)
-    items = [
-        {
-            "id": f"b{i}",
-            "s1_sig": torch.randn(n) * 0.1,
-            "s2_sig": torch.randn(n) * 0.1,
-            "s1_spk": speakers[2 * i],
-            "s2_spk": speakers[2 * i + 1],
-        }
-        for i in range(batch_size)
-    ]
-    return PaddedBatch(items)
+def make_batch(speakers, batch_size, seconds, sample_rate=8000):
+    from speechbrain.dataio.batch import PaddedBatch
+
+    g = torch.Generator().manual_seed(0)
+    n = int(seconds * sample_rate)
+    return PaddedBatch(
+        [
+            {
+                "id": f"b{i}",
+                "s1_sig": 0.1 * torch.randn(n, generator=g),
+                "s2_sig": 0.1 * torch.randn(n, generator=g),
+                "s1_spk": speakers[2 * i],
+                "s2_spk": speakers[2 * i + 1],
+            }
+            for i in range(batch_size)
+        ]
+    )
+
+
+def saved_by_module(brain, batch):
+    """Bytes autograd saves for the backward pass during one forward, by top-level module."""
+    owner, totals = [], dict.fromkeys(MODULES, 0)
+
+    def enter(module, args, name):
+        owner.append(name)
+
+    def leave(module, args, output):
+        owner.pop()  # returns None: the output is left as it is
+
+    hooks = []
+    for name in MODULES:
+        module = brain.modules[name]
+        hooks.append(module.register_forward_pre_hook(functools.partial(enter, name=name)))
+        hooks.append(module.register_forward_hook(leave))
+
+    def pack(t):
+        if owner:
+            totals[owner[-1]] += t.untyped_storage().nbytes()
+        return t
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            predictions = brain.compute_forward(batch, sb.Stage.TRAIN)
+            loss = brain.compute_objectives(predictions, batch, sb.Stage.TRAIN)
+        loss.backward()
+        brain.optimizer.zero_grad(set_to_none=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: round(v / GIB, 3) for k, v in totals.items()}
+
+
+def child(args):
+    """One case, in this process; prints its JSON record."""
+    work = Path(tempfile.mkdtemp(prefix=f"bench-joint-{args.config}-"))
+    brain, speakers = build_brain(args.config, args.checkpointing == "on", work)
+    batch = make_batch(speakers, args.batch_size, args.seconds)
+    model = heap_bytes()
+    brain.fit_batch(batch)  # warm-up (optimizer state allocated)
+    times = []
+    with HeapPeak() as peak:
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            brain.fit_batch(batch)
+            times.append(time.perf_counter() - start)
+    record = {
+        "config": args.config,
+        "activation_checkpointing": args.checkpointing == "on",
+        "batch_size": args.batch_size,
+        "seconds": args.seconds,
+        "steps": args.steps,
+        "seconds_per_step": round(statistics.median(times), 2),
+        "step_times": [round(t, 2) for t in times],
+        "model_gib": round(model / GIB, 3),
+        "peak_heap_gib": round(peak.peak / GIB, 3),
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "parameters": sum(p.numel() for p in brain.modules.parameters()),
+        "trainable_parameters": sum(
+            p.numel() for p in brain.modules.parameters() if p.requires_grad
+        ),
+        "optimizer_steps": brain.optimizer_step,
+    }
+    if args.checkpointing == "off" and args.attribute:
+        record["saved_for_backward_gib"] = saved_by_module(brain, batch)
+    print("RECORD " + json.dumps(record), flush=True)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--batch_size", type=int, default=2)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--configs", nargs="+", default=["tiny", "default"])
+    parser.add_argument("--checkpointing", nargs="+", default=["off", "on"])
     parser.add_argument("--out", default=str(REPO / "tests/benchmarks/results/joint_step.json"))
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--batch_size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--attribute", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    recipe = load_script("recipes/joint/train.py", "joint_train")
-    results = {"batch_size": args.batch_size, "seconds": args.seconds, "configs": {}}
-    for name in args.configs:
-        work = Path(tempfile.mkdtemp(prefix=f"bench-joint-{name}-"))
-        brain, speakers = build_brain(recipe, CONFIGS[name], work)
-        batch = make_batch(speakers, args.batch_size, args.seconds)
-        brain.fit_batch(batch)  # warm-up
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            brain.fit_batch(batch)
-        step = (time.perf_counter() - start) / args.steps
-        params = sum(p.numel() for p in brain.modules.parameters())
-        trainable = sum(p.numel() for p in brain.modules.parameters() if p.requires_grad)
-        results["configs"][name] = {
-            "seconds_per_step": step,
-            "parameters": params,
-            "trainable_parameters": trainable,
-            "peak_rss_mib_so_far": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        }
-        print(name, results["configs"][name], flush=True)
-    write_result(args.out, results)
+    if args.child:
+        (args.checkpointing,) = args.checkpointing  # one case: a single value
+        child(args)
+        return
+    records = []
+    for config in args.configs:
+        for batch_size in args.batch_sizes:
+            for checkpointing in args.checkpointing:
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    f"--config={config}",
+                    f"--batch_size={batch_size}",
+                    f"--checkpointing={checkpointing}",
+                    f"--steps={args.steps}",
+                    f"--seconds={args.seconds}",
+                ]
+                if batch_size == args.batch_sizes[0]:
+                    cmd.append("--attribute")
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+                line = [x for x in proc.stdout.splitlines() if x.startswith("RECORD ")][-1]
+                records.append(json.loads(line[len("RECORD ") :]))
+                print(records[-1], flush=True)
+    ratios = {}
+    for r in records:
+        if r["activation_checkpointing"]:
+            base = next(
+                b
+                for b in records
+                if not b["activation_checkpointing"]
+                and (b["config"], b["batch_size"]) == (r["config"], r["batch_size"])
+            )
+            ratios[f"{r['config']} batch {r['batch_size']}"] = {
+                key: round(r[key] / base[key], 3)
+                for key in ("seconds_per_step", "peak_heap_gib", "peak_rss_gib")
+            }
+    write_result(args.out, {"cases": records, "checkpointing_over_plain": ratios})
 
 
 if __name__ == "__main__":
