@@ -58,6 +58,7 @@ from sepid.speaker.evaluation import (
     IdentificationSet,
     SpeakerModel,
     VerificationSet,
+    compare_models,
     drop_empty_sets,
     identification_report,
     interface_embedder,
@@ -65,6 +66,7 @@ from sepid.speaker.evaluation import (
     load_speaker_interface,
     resolve_rows,
     source_fingerprint,
+    trial_bootstrap,
     unique_utterances,
     verification_report,
     write_trial_scores,
@@ -287,6 +289,16 @@ if __name__ == "__main__":
 
     out = Path(hparams["eval_folder"])
     report, trial_scores = {}, {v.name: {} for v in vsets}
+    boots = {  # speaker-bootstrap intervals, the same resamples for every model
+        v.name: trial_bootstrap(
+            v,
+            samples=hparams["bootstrap_samples"],
+            seed=hparams["bootstrap_seed"],
+            confidence=hparams["bootstrap_confidence"],
+            p_targets=hparams["p_targets"],
+        )
+        for v in vsets
+    }
     for load_model in models:
         model = load_model()
         tag = model.tag
@@ -308,6 +320,7 @@ if __name__ == "__main__":
                 top_n=hparams["asnorm_top_n"],
                 p_targets=hparams["p_targets"],
                 far_targets=hparams["far_targets"],
+                bootstrap=boots[vset.name],
             )
             model_report[vset.name] = metrics
             trial_scores[vset.name].update({f"{tag}_{k}": v for k, v in scores.items()})
@@ -326,6 +339,9 @@ if __name__ == "__main__":
             write_trial_scores(out / f"scores_{vset.name}.csv", vset, trial_scores[vset.name])
         command = " ".join(["python", *sys.argv])
         result = {"command": command, "hparams_file": hparams_file, "models": report}
+        result["comparisons"] = {
+            v.name: compare_models(boots[v.name], report, v.name) for v in vsets
+        }
         write_atomic(out / "metrics.json", json.dumps(result, indent=2))
         table_md = speaker_results_table(report, command)
         write_atomic(out / "results.md", table_md)

@@ -10,8 +10,25 @@ SPEAKER_ROWS = (
 )
 
 
-def _fmt(value, scale):
-    return "n/a" if value is None else f"{value * scale:.2f}"
+def _fmt(value, scale, interval=None):
+    """``value`` scaled, with its confidence interval ``[low, high]`` when it has one."""
+    if value is None:
+        return "n/a"
+    if interval is None:
+        return f"{value * scale:.2f}"
+    return f"{value * scale:.2f} [{interval['low'] * scale:.2f}, {interval['high'] * scale:.2f}]"
+
+
+def interval_note(interval):
+    """The sentence under a table that says what its brackets are."""
+    if interval is None:
+        return ""
+    unit = {"speaker": "speakers", "item": "mixtures"}.get(interval["unit"], interval["unit"])
+    return (
+        f"[low, high]: {100 * interval['confidence']:g} % bootstrap confidence interval "
+        f"(percentile; {interval['samples']} resamples of the {interval['n_units']} {unit} "
+        f"with replacement, seed {interval['seed']})."
+    )
 
 
 def speaker_results_table(report, command):
@@ -19,6 +36,7 @@ def speaker_results_table(report, command):
     models = list(report)
     lines = [f"| metric | {' | '.join(models)} |", "|---" * (len(models) + 1) + "|"]
     first = report[models[0]]
+    note = None
     for set_name in first:
         if set_name.startswith("identification_"):
             for method in ("embedding", "classifier"):
@@ -33,10 +51,16 @@ def speaker_results_table(report, command):
             for label, key, scale in SPEAKER_ROWS:
                 if key not in first[set_name][scoring]:
                     continue
-                vals = [report[m][set_name][scoring].get(key) for m in models]
-                row = f"{set_name} {scoring} {label}"
-                lines.append(f"| {row} | {' | '.join(_fmt(v, scale) for v in vals)} |")
+                metrics = [report[m][set_name][scoring] for m in models]
+                cells = []
+                for m in metrics:
+                    interval = m.get("intervals", {}).get(key)
+                    note = note or interval
+                    cells.append(_fmt(m.get(key), scale, interval))
+                lines.append(f"| {set_name} {scoring} {label} | {' | '.join(cells)} |")
     lines.append("")
+    if note is not None:
+        lines += [interval_note(note), ""]
     lines.append(f"Command: `{command}`")
     return "\n".join(lines) + "\n"
 
@@ -58,7 +82,7 @@ def _mean(summary, key):
     if not stats or stats["mean"] is None:
         return "n/a"
     missing = f" ({stats['n_missing']} missing)" if stats["n_missing"] else ""
-    return f"{stats['mean']:.2f}{missing}"
+    return f"{_fmt(stats['mean'], 1.0, stats.get('interval'))}{missing}"
 
 
 def separation_results_table(summaries, speaker_report, sample_rate, command):
@@ -76,9 +100,13 @@ def separation_results_table(summaries, speaker_report, sample_rate, command):
         f"| system | {' | '.join(names)} |",
         "|---" * (len(names) + 1) + "|",
     ]
+    note = None
     for system, summary in summaries.items():
         cells = [_mean(summary, key) for _, key in shown]
         lines.append(f"| {system} | {' | '.join(cells)} |")
+        note = note or next((s["interval"] for s in summary.values() if s.get("interval")), None)
+    if note is not None:
+        lines += ["", interval_note(note)]
     if speaker_report:
         lines += [
             "",

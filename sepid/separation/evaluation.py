@@ -11,6 +11,8 @@ import torch
 from speechbrain.utils.distributed import if_main_process
 
 from sepid.data.audio import resample
+from sepid.data.manifest import read_csv
+from sepid.report.intervals import check_bootstrap_options, mean_interval, paired_mean_interval
 from sepid.separation.metrics.pool import evaluate_many
 from sepid.separation.separator import (
     accuracy,
@@ -108,10 +110,70 @@ class SeparationEvalBrain(sb.Brain):
             metrics=self.hparams.separation_metrics,
             metric_jobs=self.hparams.metric_jobs,
             bss_backend=self.hparams.bss_backend,
+            bootstrap_samples=self.hparams.bootstrap_samples,
+            bootstrap_seed=self.hparams.bootstrap_seed,
+            bootstrap_confidence=self.hparams.bootstrap_confidence,
         )
 
 
-def score_items(items, *, sample_rate, known_speakers, out, metrics, metric_jobs, bss_backend):
+def add_mean_intervals(summary, rows, samples=1000, seed=1986, confidence=0.95):
+    """Adds to each metric of ``summary`` (:func:`sepid.separation.metrics.rows.summarize` of
+    ``rows``) the bootstrap interval of its mean over the mixtures, ``"interval"``
+    (:func:`sepid.report.intervals.mean_interval`: mixtures resampled with replacement,
+    percentile interval, numpy seed ``seed``; None when fewer than two mixtures have the value,
+    a value is infinite, or ``samples`` is 0). Returns ``summary``."""
+    check_bootstrap_options(samples, seed, confidence)
+    for key, stats in summary.items():
+        stats["interval"] = mean_interval(
+            [row.get(key) for row in rows], samples=samples, seed=seed, confidence=confidence
+        )
+    return summary
+
+
+def compare_per_mixture(a_csv, b_csv, keys, samples=1000, seed=1986, confidence=0.95):
+    """Paired differences ``a - b`` of the per-mixture metrics ``keys`` of two systems on the
+    same mixtures (their ``per_mixture.csv``, the ``mean`` row left out), each with its paired
+    bootstrap interval over mixtures (:func:`sepid.report.intervals.paired_mean_interval`):
+    ``{key: {"difference", "interval", "n"}}``. The two files must list the same mixtures."""
+    tables = []
+    for path in (a_csv, b_csv):
+        rows = {r["ID"]: r for r in read_csv(path, ("ID", *keys)) if r["ID"] != "mean"}
+        tables.append(rows)
+    if sorted(tables[0]) != sorted(tables[1]):
+        raise ValueError(
+            f"{a_csv} and {b_csv} hold different mixtures ({len(tables[0])} and "
+            f"{len(tables[1])}): a paired comparison needs both systems on the same ones."
+        )
+    ids = sorted(tables[0])
+
+    def column(table, key):
+        return [float(table[i][key]) if table[i][key] != "" else None for i in ids]
+
+    return {
+        key: paired_mean_interval(
+            column(tables[0], key),
+            column(tables[1], key),
+            samples=samples,
+            seed=seed,
+            confidence=confidence,
+        )
+        for key in keys
+    }
+
+
+def score_items(
+    items,
+    *,
+    sample_rate,
+    known_speakers,
+    out,
+    metrics,
+    metric_jobs,
+    bss_backend,
+    bootstrap_samples=1000,
+    bootstrap_seed=1986,
+    bootstrap_confidence=0.95,
+):
     """Separation metrics, speaker accuracies with permutation-aligned labels, and the same for
     the unprocessed mixture; writes the outputs under ``out`` and returns the report.
 
@@ -123,7 +185,8 @@ def score_items(items, *, sample_rate, known_speakers, out, metrics, metric_jobs
     summaries hold exactly their keys (see :func:`sepid.separation.separator.separation_keys`).
     ``metric_jobs`` worker processes compute them (see
     :func:`sepid.separation.metrics.pool.evaluate_many`), with the BSS-eval backend
-    ``bss_backend`` (``"fast"`` or ``"mir_eval"``)."""
+    ``bss_backend`` (``"fast"`` or ``"mir_eval"``). Each mean gets its bootstrap interval over
+    mixtures (:func:`add_mean_intervals`; ``bootstrap_samples`` 0: none)."""
     metric_args = dict(
         sample_rate=sample_rate,
         n_jobs=metric_jobs,
@@ -166,6 +229,14 @@ def score_items(items, *, sample_rate, known_speakers, out, metrics, metric_jobs
                         row[f"pred_{tag}_emb_out{j + 1}"] = label
     summary = write_separation_outputs(out, rows, sample_rate, metrics)
     mixture_summary = write_separation_outputs(out / "mixture", mixture_rows, sample_rate, metrics)
+    for stats, scored in ((summary, rows), (mixture_summary, mixture_rows)):
+        add_mean_intervals(
+            stats,
+            scored,
+            samples=bootstrap_samples,
+            seed=bootstrap_seed,
+            confidence=bootstrap_confidence,
+        )
     speaker_report = {}
     for (tag, condition, method), (got, want) in speaker.items():
         if method == "classifier" and all(g is None for g in got):

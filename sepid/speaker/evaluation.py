@@ -25,6 +25,7 @@ from sepid.data.schema import (
     VERI_UTTS_CSV,
 )
 from sepid.report.plots import plot_det
+from sepid.speaker.bootstrap import SpeakerBootstrap
 from sepid.speaker.metrics import verification_metrics
 from sepid.speaker.scoring import (
     asnorm_scores,
@@ -131,8 +132,32 @@ def unique_utterances(row_lists):
     return dataset.filtered_sorted(sort_key="duration", reverse=True)
 
 
-def verification_report(vset, table, out_folder, tag, cohort=None, top_n=300, **metric_kwargs):
-    """Scores every trial by cosine (and AS-norm with a cohort); returns metrics and the scores."""
+def trial_bootstrap(vset, samples=1000, seed=1986, confidence=0.95, p_targets=(0.01, 0.05)):
+    """The speaker bootstrap of ``vset``'s trials (:class:`sepid.speaker.bootstrap.
+    SpeakerBootstrap`: speakers resampled with replacement, a target trial of speaker ``s``
+    counted ``c_s`` times, a non-target trial of ``s`` and ``t`` ``c_s * c_t`` times), with the
+    speakers of its utterance manifest (``spk_id``)."""
+    speaker = {row["ID"]: row["spk_id"] for row in vset.rows}
+    return SpeakerBootstrap(
+        [speaker[e] for _, e, _ in vset.trials],
+        [speaker[t] for _, _, t in vset.trials],
+        [label for label, _, _ in vset.trials],
+        samples=samples,
+        seed=seed,
+        confidence=confidence,
+        p_targets=p_targets,
+    )
+
+
+def verification_report(
+    vset, table, out_folder, tag, cohort=None, top_n=300, bootstrap=None, **metric_kwargs
+):
+    """Scores every trial by cosine (and AS-norm with a cohort); returns metrics and the scores.
+
+    With ``bootstrap`` (:func:`trial_bootstrap` of ``vset``), each scoring's metrics get
+    ``"intervals"``: the speaker-bootstrap interval of the EER and of each minDCF, and its
+    resampled values are kept in ``bootstrap.values[(tag, scoring)]`` for
+    :func:`compare_models`."""
     pairs = [(vset.paths[e], vset.paths[t]) for _, e, t in vset.trials]
     labels = torch.tensor([lab for lab, _, _ in vset.trials])
     results = {"cosine": cosine_scores(table, pairs)}
@@ -141,6 +166,10 @@ def verification_report(vset, table, out_folder, tag, cohort=None, top_n=300, **
     report = {}
     for kind, scores in results.items():
         report[kind] = verification_metrics(scores.numpy(), labels.numpy(), **metric_kwargs)
+        if bootstrap is not None and bootstrap.samples:
+            values = bootstrap.resampled(scores.numpy())
+            bootstrap.values[(tag, kind)] = values
+            report[kind]["intervals"] = bootstrap.intervals(None, values=values)
         plot_det(
             scores.numpy(),
             labels.numpy(),
@@ -148,6 +177,37 @@ def verification_report(vset, table, out_folder, tag, cohort=None, top_n=300, **
             title=f"{vset.name} {tag} ({kind})",
         )
     return report, results
+
+
+def compare_models(bootstrap, report, set_name):
+    """Paired differences between the models scored on one trial list: for every two models
+    ``a``, ``b`` (in ``report``'s order, ``a`` first) and every scoring both have,
+    ``{"<a> - <b>": {scoring: {metric: {"difference", "interval"}}}}`` with the point difference
+    of the metrics and its paired speaker-bootstrap interval (the same resamples for both, see
+    :mod:`sepid.speaker.bootstrap`). ``report[model][set_name][scoring]`` are the metrics;
+    ``bootstrap`` the one that :func:`verification_report` filled for ``set_name``."""
+    models = [m for m in report if set_name in report[m]]
+    out = {}
+    for i, a in enumerate(models):
+        for b in models[i + 1 :]:
+            pair = {}
+            for scoring in report[a][set_name]:
+                if (a, scoring) not in bootstrap.values or (b, scoring) not in bootstrap.values:
+                    continue
+                intervals = bootstrap.compare(
+                    bootstrap.values[(a, scoring)], bootstrap.values[(b, scoring)]
+                )
+                pair[scoring] = {
+                    key: {
+                        "difference": report[a][set_name][scoring][key]
+                        - report[b][set_name][scoring][key],
+                        "interval": interval,
+                    }
+                    for key, interval in intervals.items()
+                }
+            if pair:
+                out[f"{a} - {b}"] = pair
+    return out
 
 
 def identification_report(iset, table, classifier=None, topk=(1, 5), label_encoder=None):

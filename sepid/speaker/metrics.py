@@ -22,13 +22,20 @@ All rates are fractions in ``[0, 1]``; recipes multiply by 100 for tables.
 """
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["det_curve", "eer", "min_dcf", "tar_at_far", "verification_metrics"]
+__all__ = [
+    "SortedTrials",
+    "det_curve",
+    "eer",
+    "min_dcf",
+    "tar_at_far",
+    "verification_metrics",
+]
 
 
 def _to_numpy(x, name):
@@ -111,6 +118,7 @@ class _OperatingPoints:
     n_fa: np.ndarray
     n_target: int
     n_nontarget: int
+    candidates: tuple = field(default=None, repr=False)  # speechbrain_candidates(), once
 
     @classmethod
     def from_scores(cls, scores, labels):
@@ -158,11 +166,13 @@ class _OperatingPoints:
         k : np.ndarray
             Index into ``u`` / ``n_miss`` / ``n_fa`` of each candidate's operating point.
         """
-        u = self.u
-        mids = (u[:-1] + u[1:]) / u.dtype.type(2)
-        thresholds = np.sort(np.concatenate([u, mids]), kind="stable")
-        k = np.searchsorted(u, thresholds, side="right") - 1
-        return thresholds, k
+        if self.candidates is None:
+            u = self.u
+            mids = (u[:-1] + u[1:]) / u.dtype.type(2)
+            thresholds = np.sort(np.concatenate([u, mids]), kind="stable")
+            k = np.searchsorted(u, thresholds, side="right") - 1
+            self.candidates = (thresholds, k)
+        return self.candidates
 
 
 def _eer_from_points(points):
@@ -381,3 +391,65 @@ def verification_metrics(scores, labels, p_targets=(0.01, 0.05), far_targets=(0.
     out["n_nontarget"] = points.n_nontarget
     logger.debug("verification metrics: %s", out)
     return out
+
+
+class SortedTrials:
+    """One trial list sorted once, for the metrics of many integer reweightings of it (the
+    resamples of a bootstrap, :mod:`sepid.speaker.bootstrap`).
+
+    ``weights[i]`` (in the sorted order, :attr:`order`) is how many times trial ``i`` appears
+    in the reweighted list; :meth:`metrics` then returns exactly what :func:`eer` and
+    :func:`min_dcf` return on the list in which every trial is repeated that many times (the
+    same operating points, float32 rates and tie rules: the functions above, on counts from
+    weighted cumulative sums over the one sort). A trial of weight 0 is absent; its score
+    stays a candidate threshold, whose operating point then repeats a neighbour's or is "accept
+    everything" (FRR 0, FAR 1), which neither the EER nor the minDCF can take over the list's
+    own points. Each reweighting costs O(N), no sort.
+
+    Parameters
+    ----------
+    scores, labels : np.ndarray or torch.Tensor
+        See :func:`eer`.
+    """
+
+    def __init__(self, scores, labels):
+        s, y = _validate(scores, labels)
+        self.order = np.argsort(s, kind="stable")
+        s_sorted = s[self.order]
+        self.labels = y[self.order]  # bool
+        self.last = np.flatnonzero(np.append(s_sorted[1:] != s_sorted[:-1], True))
+        u = s_sorted[self.last]
+        self._shared = _OperatingPoints(u, None, None, 0, 0)
+        self._shared.speechbrain_candidates()
+
+    def points(self, weights):
+        """The operating points of the list reweighted by ``weights`` (sorted order, integers
+        >= 0); None when it has no target or no non-target trial."""
+        weights = np.asarray(weights)
+        if not np.issubdtype(weights.dtype, np.integer):
+            raise ValueError(f"weights must be integers (trial counts), got {weights.dtype}")
+        cum_target = np.cumsum(weights * self.labels, dtype=np.int64)[self.last]
+        cum_all = np.cumsum(weights, dtype=np.int64)[self.last]
+        n_target = int(cum_target[-1])
+        n_nontarget = int(cum_all[-1]) - n_target
+        if n_target == 0 or n_nontarget == 0:
+            return None
+        return _OperatingPoints(
+            u=self._shared.u,
+            n_miss=cum_target,
+            n_fa=n_nontarget - (cum_all - cum_target),
+            n_target=n_target,
+            n_nontarget=n_nontarget,
+            candidates=self._shared.candidates,
+        )
+
+    def metrics(self, weights, p_targets=(0.01,)):
+        """``{"eer": ..., "min_dcf@<p>": ...}`` (normalised minDCF, ``c_miss = c_fa = 1``) of
+        the reweighted list, or None when it lacks a class (see :meth:`points`)."""
+        points = self.points(weights)
+        if points is None:
+            return None
+        out = {"eer": _eer_from_points(points)[0]}
+        for p in p_targets:
+            out[f"min_dcf@{p:g}"] = _min_dcf_from_points(points, p, 1.0, 1.0, True)[0]
+        return out

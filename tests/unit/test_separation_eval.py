@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sepid.report.tables import separation_results_table
-from sepid.separation.evaluation import score_items
+from sepid.separation.evaluation import compare_per_mixture, score_items
 from sepid.separation.separator import (
     accuracy,
     align_to,
@@ -124,6 +124,14 @@ def test_summary_and_table_cover_the_requested_metrics(tmp_path, metrics, keys, 
     assert list(report["separation"]) == keys
     assert list(report["mixture"]) == keys
     assert report["separation"]["si_sdri"]["mean"] > 10  # the swapped order was undone
+    for summary in (report["separation"], report["mixture"]):  # bootstrap over mixtures
+        for key in keys:
+            interval = summary[key]["interval"]
+            if key == "sar" and summary is report["mixture"]:
+                continue  # an exact mixture's SAR can be infinite: no interval then
+            assert interval["low"] <= summary[key]["mean"] <= interval["high"], key
+            assert interval["unit"] == "item" and interval["n_units"] == summary[key]["n"]
+            assert interval["samples"] == 1000 and interval["seed"] == 1986
     with open(tmp_path / "per_mixture.csv", newline="") as f:
         header = next(csv.reader(f))
     assert header[: 1 + len(keys)] == ["ID", *keys]
@@ -135,6 +143,52 @@ def test_summary_and_table_cover_the_requested_metrics(tmp_path, metrics, keys, 
     names = [c.strip() for c in header_line.strip("|").split("|")][1:]
     assert names == (columns or ["SI-SDR", "SI-SDRi", "SDR", "SDRi", "SIR", "SAR"])
     assert "n/a" not in table
+    si_sdri = report["separation"]["si_sdri"]
+    low, high = si_sdri["interval"]["low"], si_sdri["interval"]["high"]
+    assert f"{si_sdri['mean']:.2f} [{low:.2f}, {high:.2f}]" in table
+    assert "95 % bootstrap confidence interval" in table and "mixtures with replacement" in table
+
+
+def test_paired_comparison_of_two_systems_on_the_same_mixtures(tmp_path):
+    items = _items()
+    common = dict(
+        sample_rate=8000, known_speakers={}, metrics=["si_sdr"], metric_jobs=1, bss_backend="fast"
+    )
+    score_items(items, out=tmp_path / "a", **common)
+    for item in items:  # system b: its estimates with noise added
+        rng = np.random.default_rng(0)
+        item["estimates"] = item["estimates"] + 0.3 * rng.standard_normal(item["estimates"].shape)
+    score_items(items, out=tmp_path / "b", **common)
+    comparison = compare_per_mixture(
+        tmp_path / "a/per_mixture.csv", tmp_path / "b/per_mixture.csv", ["si_sdri"], samples=200
+    )["si_sdri"]
+    assert comparison["n"] == len(items) and comparison["difference"] > 0
+    assert (
+        comparison["interval"]["low"] <= comparison["difference"] <= comparison["interval"]["high"]
+    )
+    again = compare_per_mixture(
+        tmp_path / "a/per_mixture.csv", tmp_path / "b/per_mixture.csv", ["si_sdri"], samples=200
+    )
+    assert again["si_sdri"] == comparison
+    score_items(items[:-1], out=tmp_path / "c", **common)
+    with pytest.raises(ValueError, match="different mixtures"):
+        compare_per_mixture(
+            tmp_path / "a/per_mixture.csv", tmp_path / "c/per_mixture.csv", ["si_sdri"]
+        )
+
+
+def test_no_intervals_with_zero_bootstrap_samples(tmp_path):
+    report = score_items(
+        _items(),
+        sample_rate=8000,
+        known_speakers={},
+        out=tmp_path,
+        metrics=["si_sdr"],
+        metric_jobs=1,
+        bss_backend="fast",
+        bootstrap_samples=0,
+    )
+    assert report["separation"]["si_sdri"]["interval"] is None
 
 
 def test_unknown_separation_metric_is_named():

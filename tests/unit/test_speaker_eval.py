@@ -10,9 +10,12 @@ from sepid.report.tables import speaker_results_table
 from sepid.speaker.evaluation import (
     IdentificationSet,
     VerificationSet,
+    compare_models,
     drop_empty_sets,
     identification_report,
+    trial_bootstrap,
     unique_utterances,
+    verification_report,
 )
 from sepid.speaker.scoring import EmbeddingTable
 
@@ -132,3 +135,58 @@ def test_encoder_classifier_baseline_from_a_local_copy(tmp_path):
     )
     with pytest.raises(FileNotFoundError, match="hyperparams.yaml"):
         load_encoder_classifier(tmp_path, tmp_path / "s2", "cpu")
+
+
+def test_verification_report_intervals_and_model_comparison(tmp_path):
+    """The evaluation's speaker bootstrap: the speakers come from the utterance manifest, each
+    model's EER/minDCF gets its interval, and two models on the same trials their paired
+    difference (the same resamples)."""
+    n_spk, per_spk = 12, 4
+    utts = [utt(s * per_spk + k, f"spk{s}") for s in range(n_spk) for k in range(per_spk)]
+    write_csv(tmp_path / "veri_utts.csv", utts, UTT)
+    trials = []
+    for i, a in enumerate(utts):
+        for b in utts[i + 1 :]:
+            trials.append(
+                {"label": int(a["spk_id"] == b["spk_id"]), "enrol": a["ID"], "test": b["ID"]}
+            )
+    write_csv(tmp_path / "veri_trials.csv", trials, ["label", "enrol", "test"])
+    vset = VerificationSet.from_prep("verification", tmp_path, "/data")
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(n_spk, 16, generator=gen)
+    paths = [f"/data/{u['spk_id']}/{u['ID']}.wav" for u in utts]
+    spk = torch.arange(len(utts)) // per_spk
+    tables = {
+        "good": EmbeddingTable(
+            paths, centres[spk] + 0.5 * torch.randn(len(utts), 16, generator=gen)
+        ),
+        "poor": EmbeddingTable(
+            paths, centres[spk] + 3.0 * torch.randn(len(utts), 16, generator=gen)
+        ),
+    }
+    boot = trial_bootstrap(vset, samples=200, seed=7, p_targets=(0.01,))
+    assert list(boot.speakers) == [f"spk{s}" for s in sorted(range(n_spk), key=str)]
+    report = {}
+    for tag, table in tables.items():
+        metrics, _ = verification_report(
+            vset, table, tmp_path, tag, bootstrap=boot, p_targets=(0.01,)
+        )
+        cosine = metrics["cosine"]
+        for key in ("eer", "min_dcf@0.01"):
+            interval = cosine["intervals"][key]
+            assert interval["low"] <= cosine[key] <= interval["high"]
+            assert interval["unit"] == "speaker" and interval["n_units"] == n_spk
+        report[tag] = {"verification": metrics}
+    comparison = compare_models(boot, report, "verification")
+    eer = comparison["good - poor"]["cosine"]["eer"]
+    point = (
+        report["good"]["verification"]["cosine"]["eer"]
+        - report["poor"]["verification"]["cosine"]["eer"]
+    )
+    assert eer["difference"] == point < 0
+    assert eer["interval"]["paired"] and eer["interval"]["high"] < 0  # good beats poor
+    table = speaker_results_table(report, "cmd")
+    good = report["good"]["verification"]["cosine"]
+    low, high = good["intervals"]["eer"]["low"], good["intervals"]["eer"]["high"]
+    assert f"{100 * good['eer']:.2f} [{100 * low:.2f}, {100 * high:.2f}]" in table
+    assert "bootstrap confidence interval" in table and "12 speakers" in table
