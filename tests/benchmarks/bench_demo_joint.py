@@ -27,6 +27,12 @@ processes) seconds of training and evaluation::
 
     python tests/benchmarks/bench_demo_joint.py --split dev --seeds 1 --tag lr1e-3 -- --lr=0.001
     python tests/benchmarks/bench_demo_joint.py --split test --seeds 1986 1 2 --tag final
+
+Each record carries its ``split``, ``setting`` and ``setting_id`` and is appended to
+``tests/benchmarks/results/demo_joint.jsonl`` (``--results``) and ``<work>/results.jsonl``.
+``--split test`` is refused unless the committed results file holds a dev record of the same
+setting (``tests/benchmarks/demo_records.py``); ``--no_dev_record`` runs it anyway and the
+record says it was not selected on dev.
 """
 
 import argparse
@@ -41,15 +47,24 @@ from ruamel import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from sepid.training.overrides import override_args  # noqa: E402
+from sepid.training.overrides import override_args, read_overrides  # noqa: E402
 from tests.benchmarks.bench_common import run_timed as run  # noqa: E402
 from tests.benchmarks.bench_demo_speaker import make_dev_split  # noqa: E402
+from tests.benchmarks.demo_records import (  # noqa: E402
+    append_record,
+    committed_records,
+    gate_test_split,
+    setting_of,
+)
 
 CORPUS = "tests/samples/librispeech-mini/train-clean-100"
 TEST_CORPUS = "tests/samples/librispeech-mini/test-other"
 YAML = "hparams/sepformer-wavlm-speaker.yaml"
 OVERRIDES = "hparams/demo/joint-overrides.yaml"
 TINY_CONFIG = "hparams/demo/tiny-sepformer.yaml"
+RESULTS = "tests/benchmarks/results/demo_joint.jsonl"
+# the demo's own test mixtures: as many as hparams/demo/mixtures.yaml makes
+TEST_MIXTURES = int(read_overrides(ROOT / "hparams/demo/mixtures.yaml")["n_test"])
 # hparams/demo/tiny-sepformer.yaml's keys -> the joint YAML's separator sizes
 SIZE_KEYS = {
     "channels": "N_encoder_out",
@@ -152,6 +167,10 @@ def summary(metrics_file):
             for k in ("si_sdri", "sdri", "si_sdr", "pesq", "stoi")
         }
         rows[name]["si_sdri_median"] = round(values["si_sdri"]["median"], 3)
+        interval = values["si_sdri"].get("interval")
+        rows[name]["si_sdri_ci"] = (
+            None if interval is None else [round(interval[k], 3) for k in ("low", "high")]
+        )
     speaker = {}
     for system, r in report.items():
         for model, conditions in r["speaker_identification"].items():
@@ -171,7 +190,9 @@ def main(argv=None):
     parser.add_argument("--work", default="results/bench-demo-joint")
     parser.add_argument("--tag", default="default", help="name of this setting's run folders")
     parser.add_argument("--tiny_config", default=TINY_CONFIG)
-    parser.add_argument("--n_mixtures", type=int, default=None, help="dev 80, test 50")
+    parser.add_argument(
+        "--n_mixtures", type=int, default=None, help=f"dev 80, test {TEST_MIXTURES} (the demo's)"
+    )
     parser.add_argument("--no_eval", action="store_true", help="train only")
     parser.add_argument(
         "--speaker_experiment",
@@ -179,8 +200,24 @@ def main(argv=None):
         help="the demo speaker stage's output folder (its prep manifests)",
     )
     parser.add_argument("--speaker_export", default="results/demo/speaker-export")
+    parser.add_argument("--results", default=RESULTS, help="the committed results file")
+    parser.add_argument(
+        "--no_dev_record",
+        action="store_true",
+        help="run --split test without a committed dev record of this setting (recorded)",
+    )
     parser.add_argument("overrides", nargs="*", help="--key=value (after --)")
     args = parser.parse_args(argv)
+    setting, setting_id = setting_of(OVERRIDES, args.overrides, args.tiny_config)
+    selection = {}
+    if args.split == "test":  # before any work: a refused run costs nothing
+        selection = gate_test_split(
+            committed_records(args.results),
+            setting_id,
+            args.results,
+            args.no_dev_record,
+            command="python tests/benchmarks/bench_demo_joint.py",
+        )
     work = ROOT / args.work
     work.mkdir(parents=True, exist_ok=True)
     tiny = work / "models" / Path(args.tiny_config).stem
@@ -191,7 +228,7 @@ def main(argv=None):
     if args.split == "dev":
         extra += dev_chain(work, experiment, export, args.n_mixtures or 80)
     else:
-        extra += test_chain(work, experiment, export, args.n_mixtures or 50)
+        extra += test_chain(work, experiment, export, args.n_mixtures or TEST_MIXTURES)
     for seed in args.seeds:
         out = work / args.split / args.tag / str(seed)
         ov = override_args(
@@ -202,6 +239,10 @@ def main(argv=None):
             "split": args.split,
             "tag": args.tag,
             "seed": seed,
+            "setting_id": setting_id,
+            "setting": setting,
+            **selection,
+            "n_mixtures": args.n_mixtures or (80 if args.split == "dev" else TEST_MIXTURES),
             "overrides": args.overrides,
             "tiny_config": args.tiny_config,
             "train_wall_s": train_wall,
@@ -212,8 +253,7 @@ def main(argv=None):
             result.update(eval_wall_s=eval_wall, eval_cpu_s=eval_cpu)
             result.update(summary(out / "eval" / "metrics.json"))
         print(json.dumps(result), flush=True)
-        with open(work / "results.jsonl", "a") as fout:
-            fout.write(json.dumps(result) + "\n")
+        append_record(result, work / "results.jsonl", ROOT / args.results)
 
 
 if __name__ == "__main__":

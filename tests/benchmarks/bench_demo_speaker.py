@@ -15,6 +15,12 @@ tiny random WavLM, mean-pooled), the trained one (``finetuned``) and the fbank b
 wall time::
 
     python tests/benchmarks/bench_demo_speaker.py --split dev --seeds 1 2 3 -- --lr=0.001
+
+Each record carries its ``split``, ``setting`` and ``setting_id`` and is appended to
+``tests/benchmarks/results/demo_speaker.jsonl`` (``--results``) and ``<work>/results.jsonl``.
+``--split test`` is refused unless the committed results file holds a dev record of the same
+setting (``tests/benchmarks/demo_records.py``); ``--no_dev_record`` runs it anyway and the
+record says it was not selected on dev.
 """
 
 import argparse
@@ -31,11 +37,18 @@ sys.path.insert(0, str(ROOT))
 
 from sepid.training.overrides import override_args  # noqa: E402
 from tests.benchmarks.bench_common import run_timed as run  # noqa: E402
+from tests.benchmarks.demo_records import (  # noqa: E402
+    append_record,
+    committed_records,
+    gate_test_split,
+    setting_of,
+)
 
 CORPUS = ROOT / "tests/samples/librispeech-mini/train-clean-100"
 YAML = "hparams/wavlm-lora-arcface.yaml"
 OVERRIDES = "hparams/demo/speaker-overrides.yaml"
 TINY_CONFIG = "hparams/demo/tiny-wavlm.yaml"
+RESULTS = "tests/benchmarks/results/demo_speaker.jsonl"
 
 
 def make_dev_split(out, n_dev=40, pieces=3, seed=0):
@@ -68,9 +81,16 @@ def summary(metrics_file):
     for model, sets in report.items():
         cosine = sets["verification"]["cosine"]
         iden = sets.get("identification_eval_speakers", {}).get("embedding", {})
+        intervals = cosine.get("intervals", {})
         rows[model] = {
             "eer": round(cosine["eer"] * 100, 2),
+            "eer_ci": [round(100 * intervals["eer"][k], 2) for k in ("low", "high")]
+            if "eer" in intervals
+            else None,
             "min_dcf": round(cosine["min_dcf@0.01"], 3),
+            "min_dcf_ci": [round(intervals["min_dcf@0.01"][k], 3) for k in ("low", "high")]
+            if "min_dcf@0.01" in intervals
+            else None,
             "tar_at_far_1pct": round(cosine["tar@far=0.01"] * 100, 1),
             "top1": None if "top1" not in iden else round(iden["top1"] * 100, 1),
             "n_target": cosine.get("n_target"),
@@ -88,8 +108,26 @@ def main(argv=None):
     parser.add_argument(
         "--n_train_speakers", type=int, default=None, help="train on the first N speakers only"
     )
+    parser.add_argument("--results", default=RESULTS, help="the committed results file")
+    parser.add_argument(
+        "--no_dev_record",
+        action="store_true",
+        help="run --split test without a committed dev record of this setting (recorded)",
+    )
     parser.add_argument("overrides", nargs="*", help="--key=value (after --)")
     args = parser.parse_args(argv)
+    setting, setting_id = setting_of(
+        OVERRIDES, args.overrides, args.tiny_config, n_train_speakers=args.n_train_speakers
+    )
+    selection = {}
+    if args.split == "test":  # before any work: a refused run costs nothing
+        selection = gate_test_split(
+            committed_records(args.results),
+            setting_id,
+            args.results,
+            args.no_dev_record,
+            command="python tests/benchmarks/bench_demo_speaker.py",
+        )
     work = ROOT / args.work
     work.mkdir(parents=True, exist_ok=True)
     tiny = work / "models" / Path(args.tiny_config).stem
@@ -123,6 +161,9 @@ def main(argv=None):
             "split": args.split,
             "tag": args.tag,
             "seed": seed,
+            "setting_id": setting_id,
+            "setting": setting,
+            **selection,
             "overrides": args.overrides,
             "tiny_config": args.tiny_config,
             "train_s": round(trained),
@@ -130,8 +171,7 @@ def main(argv=None):
             **summary(out / "eval" / "metrics.json"),
         }
         print(json.dumps(result), flush=True)
-        with open(work / "results.jsonl", "a") as fout:
-            fout.write(json.dumps(result) + "\n")
+        append_record(result, work / "results.jsonl", ROOT / args.results)
 
 
 if __name__ == "__main__":
