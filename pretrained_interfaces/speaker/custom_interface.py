@@ -23,6 +23,7 @@ import contextlib
 import functools
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import soundfile as sf
@@ -35,6 +36,7 @@ from speechbrain.utils.checkpoints import mark_as_transfer, register_checkpoint_
 from torch import nn
 from torch.nn.utils import parametrize
 from transformers import WavLMConfig, WavLMModel
+from transformers.models.wavlm.modeling_wavlm import WavLMGroupNormConvLayer
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,76 @@ def _masked_mean(frames, frame_lens):
     steps = torch.arange(frames.shape[1], device=frames.device)
     mask = (steps[None, :] < frame_lens[:, None]).to(frames.dtype).unsqueeze(-1)
     return (frames * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def _pool_frames(pool, frames, frame_lens):
+    """Mean or attentive statistics pooling over each utterance's first ``frame_lens[b]``
+    frames (relative lengths half a frame short: SpeechBrain keeps ``arange(T) < rel * T``)."""
+    if pool is None:
+        return _masked_mean(frames, frame_lens)
+    rel = (frame_lens.to(frames.dtype) - 0.5) / frames.shape[1]
+    return pool(frames.transpose(1, 2), lengths=rel).squeeze(-1)
+
+
+class MaskedGroupNormConvLayer(WavLMGroupNormConvLayer):
+    """WavLM Base/Base+'s first feature-encoder layer with each utterance's GroupNorm statistics
+    taken over its own valid frames only (``sepid.speaker.encoder.MaskedGroupNormConvLayer``);
+    the same parameters as ``WavLMGroupNormConvLayer``."""
+
+    valid_samples = None
+
+    def forward(self, hidden_states):
+        hidden_states = self.conv(hidden_states)
+        samples = self.valid_samples
+        if samples is None:
+            hidden_states = self.layer_norm(hidden_states)
+        else:
+            stride, kernel = self.conv.stride[0], self.conv.kernel_size[0]
+            total = hidden_states.shape[-1]
+            frames = torch.div(samples - kernel, stride, rounding_mode="floor") + 1
+            rows = []
+            for b, n in enumerate(frames.clamp(min=1, max=total).tolist()):
+                valid = self.layer_norm(hidden_states[b : b + 1, :, :n])
+                rows.append(F.pad(valid, (0, total - n)))
+            hidden_states = torch.cat(rows)
+        return self.activation(hidden_states)
+
+
+class MaskedWavLMModel(WavLMModel):
+    """``WavLMModel`` whose valid frames, given the sample-level ``attention_mask`` of a padded
+    batch, are each utterance's frames alone (``sepid.speaker.encoder.MaskedWavLMModel``)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.feat_extract_norm == "group":
+            layers = self.feature_extractor.conv_layers
+            layers[0] = MaskedGroupNormConvLayer(config, layer_id=0)
+
+    def forward(self, input_values, attention_mask=None, **kwargs):
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None
+        first = self.feature_extractor.conv_layers[0]
+        if isinstance(first, MaskedGroupNormConvLayer) and attention_mask is not None:
+            first.valid_samples = attention_mask.long().sum(-1)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_MASK_TYPES_WARNING)
+                return super().forward(input_values, attention_mask=attention_mask, **kwargs)
+        finally:
+            if isinstance(first, MaskedGroupNormConvLayer):
+                first.valid_samples = None
+
+
+# torch's note on the boolean padding mask beside WavLM's float position bias (the two combine
+# as they should: padded keys get -inf)
+_MASK_TYPES_WARNING = "Support for mismatched key_padding_mask and attn_mask"
+
+
+def _sample_mask(wavs, wav_lens):
+    samples = torch.round(wav_lens * wavs.shape[1]).long()
+    if bool((samples >= wavs.shape[1]).all()):
+        return samples, None
+    return samples, torch.arange(wavs.shape[1], device=wavs.device)[None] < samples[:, None]
 
 
 def _load_tensors(path):
@@ -120,7 +192,7 @@ class WavLMSpeakerEmbedder(nn.Module):
         config = WavLMConfig(**wavlm_config)
         config.apply_spec_augment = False
         config.layerdrop = 0.0
-        self.backbone = WavLMModel(config)
+        self.backbone = MaskedWavLMModel(config)
         self.backbone.requires_grad_(False)
         self.lora = dict(lora) if lora else None
         if self.lora:
@@ -154,14 +226,14 @@ class WavLMSpeakerEmbedder(nn.Module):
         return self.backbone._get_feat_extract_output_lengths(samples).clamp(min=1)
 
     def hidden_states(self, wavs, wav_lens, all_layers=False):
+        samples, mask = _sample_mask(wavs, wav_lens)
         if self.normalize_waveform:
-            samples = torch.round(wav_lens * wavs.shape[1]).long()
-            mask = torch.arange(wavs.shape[1], device=wavs.device)[None] < samples[:, None]
-            n = mask.sum(1, keepdim=True).clamp(min=1)
-            mean = (wavs * mask).sum(1, keepdim=True) / n
-            var = (((wavs - mean) * mask) ** 2).sum(1, keepdim=True) / n
-            wavs = (wavs - mean) / torch.sqrt(var + 1e-7) * mask
-        out = self.backbone(wavs, output_hidden_states=all_layers)
+            valid = torch.arange(wavs.shape[1], device=wavs.device)[None] < samples[:, None]
+            n = valid.sum(1, keepdim=True).clamp(min=1)
+            mean = (wavs * valid).sum(1, keepdim=True) / n
+            var = (((wavs - mean) * valid) ** 2).sum(1, keepdim=True) / n
+            wavs = (wavs - mean) / torch.sqrt(var + 1e-7) * valid
+        out = self.backbone(wavs, attention_mask=mask, output_hidden_states=all_layers)
         return out.hidden_states if all_layers else out.last_hidden_state
 
     def forward(self, wavs, wav_lens=None):
@@ -176,12 +248,7 @@ class WavLMSpeakerEmbedder(nn.Module):
         else:
             frames = self.hidden_states(wavs, wav_lens)
         frame_lens = frame_lens.clamp(max=frames.shape[1])
-        if self.pool is None:
-            pooled = _masked_mean(frames, frame_lens)
-        else:
-            rel = frame_lens.to(frames.dtype) / frames.shape[1]
-            pooled = self.pool(frames.transpose(1, 2), lengths=rel).squeeze(-1)
-        return self.projection(pooled)
+        return self.projection(_pool_frames(self.pool, frames, frame_lens))
 
     def _is_base_key(self, key):
         """True for a tensor of the pretrained WavLM itself (not LoRA, not the head)."""
@@ -246,26 +313,33 @@ def _check_keys(expected, found, path):
         )
 
 
-def embed_in_chunks(encoder, wavs, wav_lens, chunk_samples):
-    """Embeds a padded batch, cutting utterances longer than ``chunk_samples`` into chunks whose
-    embeddings are averaged weighted by their samples (a final chunk under half a chunk joins the
-    one before); the same computation as the evaluation recipe's."""
-    total = wavs.shape[1]
-    if chunk_samples is None or total <= chunk_samples:
-        return encoder(wavs, wav_lens)
-    samples = torch.round(wav_lens * total).long()
-    bounds = list(range(0, total, chunk_samples))
-    if total - bounds[-1] < chunk_samples // 2 and len(bounds) > 1:
+def _chunk_bounds(samples, chunk_samples):
+    bounds = list(range(0, samples, chunk_samples))
+    if samples - bounds[-1] < chunk_samples // 2 and len(bounds) > 1:
         bounds.pop()
-    bounds.append(total)
+    return bounds + [samples]
+
+
+def embed_in_chunks(encoder, wavs, wav_lens, chunk_samples):
+    """Embeds a padded batch, cutting utterances longer than ``chunk_samples`` where each would be
+    cut alone (chunks of ``chunk_samples``, a final one under half a chunk joining the one
+    before), and averaging their chunk embeddings weighted by their samples; the same
+    computation as the evaluation recipe's."""
+    total = wavs.shape[1]
+    samples = torch.round(wav_lens * total).long()
+    if chunk_samples is None or int(samples.max()) <= chunk_samples:
+        return encoder(wavs, wav_lens)
+    bounds = [_chunk_bounds(int(n), chunk_samples) for n in samples.tolist()]
     weighted, weights = 0.0, torch.zeros(wavs.shape[0], 1, device=wavs.device)
-    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-        n_in = (samples.clamp(max=stop) - start).clamp(min=0)
-        active = n_in > 0
-        if not active.any():
-            break
-        chunk = wavs[active, start:stop]
-        emb = encoder(chunk, n_in[active].float() / (stop - start))
+    for k in range(max(len(b) for b in bounds) - 1):
+        active = torch.tensor([len(b) - 1 > k for b in bounds], device=wavs.device)
+        start = k * chunk_samples
+        n_in = torch.tensor(
+            [b[k + 1] - start if len(b) - 1 > k else 0 for b in bounds], device=wavs.device
+        )
+        width = int(n_in.max())
+        chunk = wavs[active, start : start + width]
+        emb = encoder(chunk, n_in[active].float() / width)
         w = n_in[active].float().unsqueeze(1)
         full = torch.zeros(wavs.shape[0], emb.shape[1], device=wavs.device, dtype=emb.dtype)
         full[active] = emb * w

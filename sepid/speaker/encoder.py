@@ -13,6 +13,7 @@ Interspeech 2018.
 """
 
 import logging
+import warnings
 
 import torch
 from speechbrain.lobes.models.ECAPA_TDNN import AttentiveStatisticsPooling
@@ -23,6 +24,7 @@ from speechbrain.utils.checkpoints import (
 )
 from torch import nn
 from transformers import WavLMModel
+from transformers.models.wavlm.modeling_wavlm import WavLMGroupNormConvLayer
 
 from sepid.speaker.lora import add_lora, lora_disabled
 
@@ -85,6 +87,103 @@ def masked_mean(frames, frame_lens):
     return (frames * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
+def pool_frames(pool, frames, frame_lens):
+    """``frames [B, T, C]`` pooled over each utterance's first ``frame_lens[b]`` frames: mean
+    (``pool`` None) or SpeechBrain's attentive statistics pooling. That pooling turns relative
+    lengths back into frame counts with ``arange(T) < rel * T``, so ``rel`` is taken half a frame
+    short of the count: ``n / T * T`` rounding just above ``n`` would let frame ``n`` in."""
+    if pool is None:
+        return masked_mean(frames, frame_lens)
+    rel = (frame_lens.to(frames.dtype) - 0.5) / frames.shape[1]
+    return pool(frames.transpose(1, 2), lengths=rel).squeeze(-1)
+
+
+class MaskedGroupNormConvLayer(WavLMGroupNormConvLayer):
+    """WavLM Base/Base+'s first feature-encoder layer (convolution -> GroupNorm over time ->
+    GELU) with each utterance's GroupNorm statistics taken over its own valid frames only, so
+    zero padding in a batch does not change them. Same parameters (and state-dict names) as
+    ``WavLMGroupNormConvLayer``; ``valid_samples`` (input samples per utterance, set by
+    :class:`MaskedWavLMModel` for one call) ``None`` or all full: exactly the stock layer."""
+
+    valid_samples = None
+
+    def forward(self, hidden_states):
+        hidden_states = self.conv(hidden_states)
+        samples = self.valid_samples
+        if samples is None:
+            hidden_states = self.layer_norm(hidden_states)
+        else:
+            stride, kernel = self.conv.stride[0], self.conv.kernel_size[0]
+            total = hidden_states.shape[-1]
+            frames = torch.div(samples - kernel, stride, rounding_mode="floor") + 1
+            rows = []
+            for b, n in enumerate(frames.clamp(min=1, max=total).tolist()):
+                # the utterance's own frames, normalised as if it were alone; the padded frames
+                # after them (which no valid output frame depends on) are zeros
+                valid = self.layer_norm(hidden_states[b : b + 1, :, :n])
+                rows.append(nn.functional.pad(valid, (0, total - n)))
+            hidden_states = torch.cat(rows)
+        return self.activation(hidden_states)
+
+
+class MaskedWavLMModel(WavLMModel):
+    """Hugging Face's ``WavLMModel`` whose output for a padded batch, given the sample-level
+    ``attention_mask``, equals each utterance's output alone on its valid frames.
+
+    For ``feat_extract_norm="layer"`` configs (WavLM Large) Hugging Face's attention mask already
+    does that. ``"group"`` configs (Base, Base+) normalise the first convolution's output over
+    the whole time axis, padding included; here that layer is a :class:`MaskedGroupNormConvLayer`
+    (the same weights load into it). The rest is Hugging Face's own handling of the mask: padded
+    frames are zeroed before the convolutional positional embedding (which then sees what it sees
+    at the end of an utterance alone: its zero padding), attention ignores padded keys, and the
+    relative position bias depends only on distances. Every frame before an utterance's
+    ``_get_feat_extract_output_lengths`` is computed from its valid samples only. Without a mask
+    (or with an all-ones one) it is the stock model, bit for bit.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        if config.feat_extract_norm == "group":
+            layers = self.feature_extractor.conv_layers
+            layers[0] = MaskedGroupNormConvLayer(config, layer_id=0)
+
+    def forward(self, input_values, attention_mask=None, **kwargs):
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None  # nothing padded: the stock computation
+        first = self.feature_extractor.conv_layers[0]
+        if isinstance(first, MaskedGroupNormConvLayer) and attention_mask is not None:
+            first.valid_samples = attention_mask.long().sum(-1)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_MASK_TYPES_WARNING)
+                return super().forward(input_values, attention_mask=attention_mask, **kwargs)
+        finally:
+            if isinstance(first, MaskedGroupNormConvLayer):
+                first.valid_samples = None
+
+
+# torch's note on Hugging Face passing a boolean padding mask beside WavLM's float position bias
+# to multi_head_attention_forward (they combine as they should: padded keys get -inf)
+_MASK_TYPES_WARNING = "Support for mismatched key_padding_mask and attn_mask"
+
+
+def min_input_samples(config):
+    """The fewest samples that give WavLM one frame (400 at 16 kHz for Base/Base+: 25 ms)."""
+    samples = 1
+    for kernel, stride in reversed(list(zip(config.conv_kernel, config.conv_stride, strict=True))):
+        samples = (samples - 1) * stride + kernel
+    return samples
+
+
+def sample_mask(wavs, wav_lens):
+    """``(samples [B], mask [B, T] or None)`` from SpeechBrain relative lengths; ``mask`` is
+    ``None`` when nothing is padded."""
+    samples = torch.round(wav_lens * wavs.shape[1]).long()
+    if bool((samples >= wavs.shape[1]).all()):
+        return samples, None
+    return samples, torch.arange(wavs.shape[1], device=wavs.device)[None] < samples[:, None]
+
+
 @register_checkpoint_hooks
 class WavLMSpeakerEncoder(nn.Module):
     """WavLM (frozen with LoRA adapters, or fine-tuned whole), pooling and a projection to a
@@ -141,7 +240,7 @@ class WavLMSpeakerEncoder(nn.Module):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.source = str(source)
         self.freeze_backbone = bool(freeze_backbone)
-        self.backbone = WavLMModel.from_pretrained(self.source, cache_dir=cache_dir)
+        self.backbone = MaskedWavLMModel.from_pretrained(self.source, cache_dir=cache_dir)
         self.backbone.requires_grad_(not self.freeze_backbone)
         if self.freeze_backbone or freeze_feature_encoder:
             # Also tells HF's feature encoder it is frozen; otherwise it sets requires_grad on its
@@ -179,17 +278,16 @@ class WavLMSpeakerEncoder(nn.Module):
         return self.backbone._get_feat_extract_output_lengths(samples).clamp(min=1)
 
     def hidden_states(self, wavs, wav_lens, all_layers=False):
-        """WavLM hidden states ``[B, T', C]`` (last layer) or a tuple of all layers."""
+        """WavLM hidden states ``[B, T', C]`` (last layer) or a tuple of all layers; each
+        utterance's valid frames are what it gives alone, whatever the padding in the batch."""
+        samples, mask = sample_mask(wavs, wav_lens)
         if self.normalize_waveform:
-            samples = torch.round(wav_lens * wavs.shape[1]).long()
-            mask = torch.arange(wavs.shape[1], device=wavs.device)[None] < samples[:, None]
-            n = mask.sum(1, keepdim=True).clamp(min=1)
-            mean = (wavs * mask).sum(1, keepdim=True) / n
-            var = (((wavs - mean) * mask) ** 2).sum(1, keepdim=True) / n
-            wavs = (wavs - mean) / torch.sqrt(var + 1e-7) * mask
-        # WavLM Base/Base+ use group norm in the feature encoder: Hugging Face advises against an
-        # attention mask for them; padded frames are excluded at pooling instead.
-        out = self.backbone(wavs, output_hidden_states=all_layers)
+            valid = torch.arange(wavs.shape[1], device=wavs.device)[None] < samples[:, None]
+            n = valid.sum(1, keepdim=True).clamp(min=1)
+            mean = (wavs * valid).sum(1, keepdim=True) / n
+            var = (((wavs - mean) * valid) ** 2).sum(1, keepdim=True) / n
+            wavs = (wavs - mean) / torch.sqrt(var + 1e-7) * valid
+        out = self.backbone(wavs, attention_mask=mask, output_hidden_states=all_layers)
         return out.hidden_states if all_layers else out.last_hidden_state
 
     def forward(self, wavs, wav_lens=None, pretrained_only=False):
@@ -211,12 +309,7 @@ class WavLMSpeakerEncoder(nn.Module):
         else:
             frames = self.hidden_states(wavs, wav_lens)
         frame_lens = frame_lens.clamp(max=frames.shape[1])
-        if self.pool is None:
-            pooled = masked_mean(frames, frame_lens)
-        else:
-            rel = frame_lens.to(frames.dtype) / frames.shape[1]
-            pooled = self.pool(frames.transpose(1, 2), lengths=rel).squeeze(-1)
-        return self.projection(pooled)
+        return self.projection(pool_frames(self.pool, frames, frame_lens))
 
     # --- checkpointing: everything that trains, plus the base model id ---------------------------
     def trainable_state_dict(self):
@@ -281,30 +374,40 @@ class WavLMSpeakerEncoder(nn.Module):
         self.load_state_dict(saved["state"], strict=False)
 
 
+def chunk_bounds(samples, chunk_samples):
+    """Where an utterance of ``samples`` samples is cut: ``[0, c, 2c, ..., samples]``, a final
+    chunk shorter than half a chunk merged into the one before it."""
+    bounds = list(range(0, samples, chunk_samples))
+    if samples - bounds[-1] < chunk_samples // 2 and len(bounds) > 1:
+        bounds.pop()
+    return bounds + [samples]
+
+
 def embed_in_chunks(encoder, wavs, wav_lens, chunk_samples, pretrained_only=False):
     """Embeds a padded batch, cutting utterances longer than ``chunk_samples`` into chunks.
 
-    Each chunk is embedded with the batch, and an utterance's embedding is the mean of its chunk
-    embeddings weighted by the samples each chunk holds (for mean pooling followed by the affine
-    projection this equals the embedding of the whole utterance up to WavLM's context at the cut).
-    A final chunk shorter than half a chunk is merged into the one before it.
+    Each utterance is cut where it would be cut alone (:func:`chunk_bounds` of its own length,
+    not the batch's), its ``k``-th chunk embedded with the other utterances' ``k``-th chunks, and
+    its embedding is the mean of its chunk embeddings weighted by the samples each chunk holds
+    (for mean pooling followed by the affine projection this equals the embedding of the whole
+    utterance up to WavLM's context at the cut). So an utterance's embedding does not depend on
+    the batch it is in.
     """
     total = wavs.shape[1]
-    if chunk_samples is None or total <= chunk_samples:
-        return encoder(wavs, wav_lens, pretrained_only=pretrained_only)
     samples = torch.round(wav_lens * total).long()
-    bounds = list(range(0, total, chunk_samples))
-    if total - bounds[-1] < chunk_samples // 2 and len(bounds) > 1:
-        bounds.pop()
-    bounds.append(total)
+    if chunk_samples is None or int(samples.max()) <= chunk_samples:
+        return encoder(wavs, wav_lens, pretrained_only=pretrained_only)
+    bounds = [chunk_bounds(int(n), chunk_samples) for n in samples.tolist()]
     weighted, weights = 0.0, torch.zeros(wavs.shape[0], 1, device=wavs.device)
-    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-        n_in = (samples.clamp(max=stop) - start).clamp(min=0)
-        active = n_in > 0
-        if not active.any():
-            break
-        chunk = wavs[active, start:stop]
-        emb = encoder(chunk, n_in[active].float() / (stop - start), pretrained_only=pretrained_only)
+    for k in range(max(len(b) for b in bounds) - 1):
+        active = torch.tensor([len(b) - 1 > k for b in bounds], device=wavs.device)
+        start = k * chunk_samples
+        n_in = torch.tensor(
+            [b[k + 1] - start if len(b) - 1 > k else 0 for b in bounds], device=wavs.device
+        )
+        width = int(n_in.max())
+        chunk = wavs[active, start : start + width]
+        emb = encoder(chunk, n_in[active].float() / width, pretrained_only=pretrained_only)
         w = n_in[active].float().unsqueeze(1)
         full = torch.zeros(wavs.shape[0], emb.shape[1], device=wavs.device, dtype=emb.dtype)
         full[active] = emb * w

@@ -42,6 +42,9 @@ TRAIN_SPEAKERS = {
 # instead of at every forward, so the two agree to rounding.
 ATOL = 1e-5
 TOKEN = "hf_standin_secret_0123456789"
+# the evaluation data folder as tests/hparams/speaker-overrides.yaml gives it (the embedding
+# table's keys are the audio paths built from it)
+EVAL_DATA = "tests/samples/librispeech-mini/test-other"
 
 
 def utt(speaker, i):
@@ -149,6 +152,59 @@ def test_adapters_export_round_trip(run, tmp_path, training_encoder):
     with torch.no_grad():
         expected = F.normalize(training_encoder["encoder"](wav), dim=-1)
     torch.testing.assert_close(load(out).encode_batch(wav), expected, atol=ATOL, rtol=0)
+
+
+def test_interface_gives_the_evaluations_embedding_of_every_utterance(run, model):
+    """One embedding path (issue 18): the exported interface's ``encode_file`` of every utterance
+    the evaluation embedded (in batches of eval_batch_size=8, long files in chunks) equals the
+    embedding it cached, so every trial scores the same and the interface's EER is the
+    evaluation's."""
+    from sepid.data.schema import VERI_UTTS_CSV
+    from sepid.speaker.evaluation import VerificationSet
+    from sepid.speaker.metrics import verification_metrics
+    from sepid.speaker.scoring import EmbeddingTable, cosine_scores
+
+    cached = EmbeddingTable.load(run / "eval" / "embeddings_finetuned.pt")
+    assert len(cached) == 75
+    interface = EmbeddingTable(cached.ids, torch.stack([model.encode_file(p) for p in cached.ids]))
+    cosine = (interface.embeddings * cached.embeddings).sum(-1)
+    assert cosine.min() >= 0.99999, cosine.min()
+    every_pair = interface.embeddings @ interface.embeddings.T
+    assert (every_pair - cached.embeddings @ cached.embeddings.T).abs().max() <= 1e-5
+    # the evaluation's own trial list and reported EER
+    (prep,) = {p.parent for p in run.rglob(VERI_UTTS_CSV)}
+    vset = VerificationSet.from_prep("verification", prep, EVAL_DATA)
+    pairs = [(vset.paths[e], vset.paths[t]) for _, e, t in vset.trials]
+    labels = torch.tensor([label for label, _, _ in vset.trials])
+    ours, theirs = cosine_scores(interface, pairs), cosine_scores(cached, pairs)
+    assert len(pairs) > 100 and (ours - theirs).abs().max() <= 1e-5
+    reported = json.loads((run / "eval" / "metrics.json").read_text())
+    eer = reported["models"]["finetuned"]["verification"]["cosine"]["eer"]
+    assert verification_metrics(ours.numpy(), labels.numpy())["eer"] == pytest.approx(eer)
+
+
+def test_batched_calls_equal_one_file_at_a_time(model):
+    """encode_batch / verify_batch / classify_batch of files zero-padded together (up to 8x the
+    shortest) give what each file gives alone."""
+    files = [utt("1688", 0), utt("1998", 4), utt("2033", 2), utt("2414", 2)]
+    signals = [model.read_audio(f) for f in files]
+    signals.append(signals[1][: 16000 * 15 // 8])  # a short one: the batch pads it ~8x
+    total = max(len(s) for s in signals)
+    wavs = torch.zeros(len(signals), total)
+    for i, s in enumerate(signals):
+        wavs[i, : len(s)] = s
+    lens = torch.tensor([len(s) / total for s in signals])
+    alone = torch.stack([model.encode_batch(s.unsqueeze(0))[0] for s in signals])
+    batched = model.encode_batch(wavs, lens)
+    assert (batched * alone).sum(-1).min() >= 0.99999
+    scores, _ = model.verify_batch(wavs, wavs.roll(1, 0), lens, lens.roll(1, 0), threshold=0.5)
+    expected = (alone * alone.roll(1, 0)).sum(-1)
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=0)
+    top, labels = model.classify_batch(wavs, lens, topk=3)
+    for i, s in enumerate(signals):
+        top_alone, labels_alone = model.classify_batch(s.unsqueeze(0), topk=3)
+        assert labels[i] == labels_alone[0]
+        torch.testing.assert_close(top[i], top_alone[0], atol=1e-5, rtol=0)
 
 
 def test_any_sample_rate_and_channel_count(model, tmp_path, caplog):
