@@ -95,6 +95,7 @@ MAX_PEAK = 0.99
 SILENCE_RMS = 1e-6
 DB_DECIMALS = 4
 MAX_ATTEMPTS = 100
+REPAIR_BUDGET = 2_000_000  # planned pairs examined by one DistinctPairDrawer repair at most
 
 
 class SilentSourceError(ValueError):
@@ -518,6 +519,12 @@ class DistinctPairDrawer:
         self.partners = [set() for _ in self.sources]  # planned or banned
         self.pairs = []  # planned (s1, s2) utterance indices
         self.fixed = 0  # pairs[:fixed] are written: never swapped
+        # at most cap pairs per utterance, and those of a speaker's utterances need partners
+        # among the others: a speaker with more than half the utterances bounds the count
+        sizes = np.bincount(self.spk, minlength=self.n_spk)
+        bound = int(np.minimum(sizes, len(self.sources) - sizes).sum()) * self.reuse_cap // 2
+        if self.n > bound:
+            self._unbalanced(f"for {self.n} mixtures (at most {bound} fit under that cap)")
         while len(self.pairs) < self.n:
             self._add(len(self.pairs))
 
@@ -577,9 +584,13 @@ class DistinctPairDrawer:
             for c in open_[i:]
             if a != c or self.uses[a] + 2 <= self.reuse_cap
         ]
-        order = self.rng.permutation(np.arange(self.fixed, len(self.pairs)))
+        order = self.rng.permutation(np.arange(self.fixed, len(self.pairs))).tolist()
+        budget = REPAIR_BUDGET
         for a, c in ends:
-            for k in order.tolist():
+            budget -= len(order)
+            if budget < 0:
+                break
+            for k in order:
                 p, q = self.pairs[k]
                 for x, y in ((p, q), (q, p)):
                     if self._can_pair(a, x) and self._can_pair(c, y) and (a, x) != (y, c):
@@ -591,12 +602,15 @@ class DistinctPairDrawer:
                         self._link(a, x, k)
                         self._link(c, y, at)
                         return
+        self._unbalanced(f"after {len(self.pairs)} mixture(s)")
+
+    def _unbalanced(self, when):
         raise ValueError(
             f"{self.where}: no new pair of utterances is left with each utterance in at most "
             f"{self.reuse_cap} mixtures (ceil(2 x {self.n} / {len(self.sources)} utterances)) "
-            f"after {len(self.pairs)} mixture(s): one speaker holds too large a share of the "
-            "utterances to balance their reuse. Ask for fewer mixtures or give the split "
-            "speakers with similar numbers of utterances."
+            f"{when}: one speaker holds too large a share of the utterances to balance their "
+            "reuse. Ask for fewer mixtures or give the split speakers with similar numbers of "
+            "utterances."
         )
 
     def replace(self, i):

@@ -253,6 +253,10 @@ def test_unbalanced_pool_cannot_balance_reuse():
     # utterance, which the cap ceil(2 x 10 / 11) = 2 allows in 2 mixtures only
     with pytest.raises(ValueError, match=r"split x: no new pair .* at most 2 mixtures"):
         DistinctPairDrawer(np.random.default_rng(0), _pool((10, 1)), 10, where="split x")
+    # a speaker with 500 of 540 utterances: at most 2240 pairs fit under the cap of 56, said at
+    # once (not after a search through every stuck state)
+    with pytest.raises(ValueError, match=r"at most 2240 fit under that cap"):
+        DistinctPairDrawer(np.random.default_rng(0), _pool((500, 20, 20)), 15000)
 
 
 def test_written_split_has_distinct_balanced_pairs(corpus, tmp_path):
