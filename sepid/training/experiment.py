@@ -68,6 +68,10 @@ def check_override_types(hparams_file, overrides):
         elif isinstance(default, int | float):
             ok = isinstance(value, int | float) and not isinstance(value, bool)
             expected = "a number"
+        elif isinstance(default, list):
+            # a string is not wrapped: "q_proj" would otherwise be taken letter by letter
+            ok = isinstance(value, list)
+            expected = f"a list, e.g. --{key}=[{value}]" if isinstance(value, str) else "a list"
         else:
             continue
         if not ok:
@@ -75,6 +79,62 @@ def check_override_types(hparams_file, overrides):
                 f"--{key}={value!r}: expected {expected} (the default in {hparams_file} is "
                 f"{key}: {default}). Fix the value on the command line."
             )
+
+
+# The values the recipes can run with, for the keys a YAML has: (type, smallest value, whether
+# the value must be above it, whether null is allowed). Checked on the values a run gets (the
+# YAML's, with the overrides), so a bad one is named with its key before any work, instead of
+# surfacing later in a key derived from it ("total_steps=-4") or as a ZeroDivisionError.
+VALUE_RANGES = {
+    "number_of_epochs": (int, 0, True, False),
+    "batch_size": (int, 0, True, False),
+    "eval_batch_size": (int, 0, True, False),
+    "grad_accumulation_factor": (int, 0, True, False),
+    "num_workers": (int, 0, False, False),
+    "sample_rate": (int, 0, True, False),
+    "n_train_mixtures": (int, 0, True, False),
+    "total_steps": (int, 0, True, True),
+    "warmup_steps": (int, 0, False, True),
+    "margin_hold_steps": (int, 0, False, True),
+    "margin_ramp_steps": (int, 0, False, True),
+    "segment_seconds": (float, 0, True, False),
+    "max_valid_seconds": (float, 0, True, False),
+    "eval_chunk_seconds": (float, 0, True, False),
+    "lr": (float, 0, True, False),
+}
+
+
+def _range_problem(value, kind, low, strict, nullable):
+    """What is wrong with ``value`` for a key of :data:`VALUE_RANGES`, or None."""
+    if value is None and nullable:
+        return None
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    whole = kind is float or (is_number and float(value).is_integer())
+    if is_number and whole and (value > low if strict else value >= low):
+        return None
+    word = "a whole number" if kind is int else "a number"
+    bound = f"above {low}" if strict else f"at least {low}"
+    return f"expected {word} {bound}" + (" (or null)" if nullable else "")
+
+
+def check_override_values(hparams_file, overrides):
+    """Raises ``ValueError`` naming the key when a value of :data:`VALUE_RANGES` (as given on
+    the command line, or in the YAML) is out of its range, before anything runs."""
+    given = _plain_yaml().load(overrides) if overrides else None
+    given = given if isinstance(given, dict) else {}
+    values = plain_values(hparams_file, overrides)
+    for key, (kind, low, strict, nullable) in VALUE_RANGES.items():
+        if key not in values:
+            continue
+        problem = _range_problem(values[key], kind, low, strict, nullable)
+        if problem is None:
+            continue
+        where = (
+            f"--{key}={given[key]!r}"
+            if key in given
+            else f"{key}: {values[key]!r} (in {hparams_file} or a value it refers to)"
+        )
+        raise ValueError(f"{where}: {problem}. Fix the value on the command line.")
 
 
 def ensure_writable(folder, what="output folder", option="--output_folder"):
@@ -139,9 +199,9 @@ def guard_output_folder(folder, option="--output_folder"):
 
 def start_experiment(argv):
     """SpeechBrain's recipe start: parse ``hparams.yaml --key=value ...``, check the overrides'
-    types and guard the output folder (before any model is built or any audio scanned), join the
-    DDP group when launched by ``torchrun`` (SpeechBrain refuses to start under torchrun without
-    it), load the YAML with the overrides and create the experiment folder (with a copy of the
+    types and the ranges of the values that have one (:data:`VALUE_RANGES`), guard the output
+    folder (before any model is built or any audio scanned), join the DDP group when launched
+    by ``torchrun`` (SpeechBrain refuses to start under torchrun without it), load the YAML with the overrides and create the experiment folder (with a copy of the
     resolved YAML, so every result can be traced to its configuration).
 
     Returns
@@ -150,6 +210,7 @@ def start_experiment(argv):
     """
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     check_override_types(hparams_file, overrides)
+    check_override_values(hparams_file, overrides)
     sb.utils.distributed.ddp_init_group(run_opts)
     guard_output_folder(plain_values(hparams_file, overrides)["output_folder"])
     with open(hparams_file, encoding="utf-8") as fin:

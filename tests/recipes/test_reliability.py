@@ -103,6 +103,25 @@ def test_an_override_of_the_wrong_type_is_refused_before_any_work(tmp_path, spea
 @pytest.mark.parametrize(
     ("override", "message"),
     [
+        # issue 22 row 14: each names the key the user gave, before data prep
+        ("--total_steps=abc", "--total_steps='abc': expected a whole number above 0 (or null)"),
+        ("--number_of_epochs=-1", "--number_of_epochs=-1: expected a whole number above 0"),
+        ("--segment_seconds=0", "--segment_seconds=0: expected a number above 0"),
+        ("--lora_targets=q_proj", "expected a list, e.g. --lora_targets=[q_proj]"),
+    ],
+)
+def test_an_override_out_of_range_is_named_before_any_work(
+    tmp_path, speaker_recipe, override, message
+):
+    err = fails(*speaker_recipe.command(TRAIN, f"--output_folder={tmp_path}", override))
+    assert message in err
+    assert "total_steps=-" not in err  # not a key derived from the one given
+    assert not (tmp_path / "prep").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
         ("--speakers=[1688]", "has 1 speaker(s): speaker classification needs at least 2"),
         ("--batch_size=1000", "fewer than batch_size 1000"),
     ],

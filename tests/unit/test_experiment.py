@@ -1,9 +1,17 @@
 """Checks every recipe script runs before any work: override types against the YAML's defaults
-(parsed as hyperpyyaml parses them), the output folder guard."""
+(parsed as hyperpyyaml parses them), the ranges of the values that have one, the output folder
+guard."""
+
+import re
 
 import pytest
 
-from sepid.training.experiment import check_override_types, ensure_writable, plain_values
+from sepid.training.experiment import (
+    check_override_types,
+    check_override_values,
+    ensure_writable,
+    plain_values,
+)
 
 YAML_TEXT = """
 seed: 3
@@ -88,3 +96,73 @@ def test_a_placeholder_yaml_checks_its_overrides(tmp_path):
     with pytest.raises(ValueError, match="--batch_size='x'"):
         check_override_types(path, "data_folder: /data\nbatch_size: x")
     assert plain_values(path, "data_folder: /data")["output_folder"] == "out"
+
+
+RANGE_YAML = """
+number_of_epochs: 10
+batch_size: 8
+segment_seconds: 3.0
+total_steps: null
+warmup_steps: null
+epochs_copy: !ref <number_of_epochs>
+lora_targets: [q_proj, v_proj]
+"""
+
+
+@pytest.fixture
+def range_file(tmp_path):
+    path = tmp_path / "hp.yaml"
+    path.write_text(RANGE_YAML)
+    return path
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    ["", "total_steps: 100", "total_steps: null", "warmup_steps: 0", "segment_seconds: 0.5"],
+)
+def test_values_in_range_pass(range_file, overrides):
+    check_override_values(range_file, overrides)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        # a null default has no type to compare with: the range names the key
+        ("total_steps: abc", "--total_steps='abc': expected a whole number above 0 (or null)"),
+        ("total_steps: 0", "--total_steps=0: expected a whole number above 0"),
+        # the key the user gave, not one derived from it later (total_steps = epochs x steps)
+        ("number_of_epochs: -1", "--number_of_epochs=-1: expected a whole number above 0"),
+        ("segment_seconds: 0", "--segment_seconds=0: expected a number above 0"),
+        ("batch_size: 2.5", "--batch_size=2.5: expected a whole number above 0"),
+        ("warmup_steps: -3", "--warmup_steps=-3: expected a whole number at least 0"),
+    ],
+)
+def test_values_out_of_range_name_their_key(range_file, overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_override_values(range_file, overrides)
+
+
+def test_a_value_out_of_range_in_the_yaml_itself_is_named(tmp_path):
+    path = tmp_path / "hp.yaml"
+    path.write_text("number_of_epochs: 0\n")
+    with pytest.raises(ValueError, match=r"number_of_epochs: 0 \(in .*hp.yaml"):
+        check_override_values(path, "")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            "lora_targets: q_proj",
+            "--lora_targets='q_proj': expected a list, e.g. --lora_targets=[q_proj]",
+        ),
+        ("lora_targets: 3", "--lora_targets=3: expected a list"),
+    ],
+)
+def test_a_scalar_where_a_list_is_expected_is_refused_not_split(range_file, overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_override_types(range_file, overrides)
+
+
+def test_a_list_where_a_list_is_expected_passes(range_file):
+    check_override_types(range_file, "lora_targets: [q_proj]")
