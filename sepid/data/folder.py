@@ -8,6 +8,9 @@ Layouts (auto-detected):
   holds audio files; the speaker is the file name before the first ``-`` (LibriSpeech-style
   names). Only the files directly in ``data_folder`` are used then.
 
+Folder symlinks are followed (a speaker folder may be a link to another disk); a folder reached
+twice (a link loop) is listed once, with a warning.
+
 Utterance IDs are the path relative to ``data_folder`` without extension, ``/`` replaced by
 ``--``: ``1688/1688-142285-0000.flac`` -> ``1688--1688-142285-0000``.
 
@@ -75,8 +78,22 @@ def list_folder(data_folder, extensions=(".wav", ".flac")):
         raise FileNotFoundError(f"Data folder not found: {root} ({EXPECTED_LAYOUT}).")
     extensions = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
     direct, nested = [], []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    seen = {os.path.realpath(root): str(root)}  # real folder -> the path it was listed under
+    # Folder symlinks are followed as file symlinks are (a speaker folder may link to another
+    # disk); a folder reached twice (a link loop, or two links to one folder) is listed once.
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        kept = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            path = os.path.join(dirpath, d)
+            real = os.path.realpath(path)
+            if real in seen:
+                logger.warning(
+                    "%s is %s again (through a folder symlink): not listed twice.", path, seen[real]
+                )
+                continue
+            seen[real] = path
+            kept.append(d)
+        dirnames[:] = kept
         target = direct if dirpath == str(root) else nested
         for name in sorted(filenames):
             if not name.startswith(".") and name.lower().endswith(extensions):

@@ -597,6 +597,29 @@ def test_folder_prepare_flat_names(tmp_path):
         prepare_folder(flat, tmp_path / "s2")
 
 
+def test_folder_prepare_follows_speaker_folder_symlinks(tmp_path, caplog):
+    """A speaker folder that links to a folder outside data_folder is listed as any other
+    (issue 22 row 7: it was dropped from speakers=all and 'did not exist' when named); a link
+    loop is listed once, with a warning."""
+    speakers = sorted(p.name for p in LIBRI.iterdir() if p.is_dir())[:4]
+    data = tmp_path / "data"
+    data.mkdir()
+    for spk in speakers[:2]:
+        shutil.copytree(LIBRI / spk, data / spk)
+    for spk in speakers[2:]:
+        (data / spk).symlink_to(LIBRI / spk, target_is_directory=True)  # outside data_folder
+    (data / speakers[0] / "loop").symlink_to(data, target_is_directory=True)
+    with caplog.at_level(logging.WARNING):
+        out = prepare_folder(data, tmp_path / "s", trial_speakers=None)
+    rows = [r for n in SPLIT_CSVS_KEYS for r in read_csv(out[n], UTT_COLUMNS)]
+    assert {r["spk_id"] for r in rows} == set(speakers)
+    assert len({r["ID"] for r in rows}) == 40  # 10 each, the loop not followed
+    assert all(resolve(r["wav"], data).is_file() for r in rows)
+    assert f"{data / speakers[0] / 'loop'} is {data} again" in caplog.text
+    named = prepare_folder(data, tmp_path / "named", speakers=speakers[2:], trial_speakers=None)
+    assert {r["spk_id"] for r in read_csv(named["train"], UTT_COLUMNS)} == set(speakers[2:])
+
+
 @pytest.mark.skipif(not SHARED_FLAT.is_dir(), reason="shared train-clean-100 sample absent")
 def test_folder_prepare_shared_flat_librispeech(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
