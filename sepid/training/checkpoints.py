@@ -20,17 +20,34 @@ nothing else:
 
 Saving also refuses a model whose weights are not finite, so a poisoned model can never become
 the checkpoint a rerun resumes.
+
+:class:`RandomStates` is the recoverable that makes a resumed run the run it would have been:
+SpeechBrain checkpoints the modules, optimizer, schedulers and epoch counter but not the
+random-number generators, so a run resumed at the end of epoch ``k`` drew other crops,
+augmentations and dropout masks than the uninterrupted run from epoch ``k + 1`` on.
 """
 
 import os
+import random
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
-from speechbrain.utils.checkpoints import CKPT_PREFIX, METAFNAME, PARAMFILE_EXT, Checkpointer
+from speechbrain.utils.checkpoints import (
+    CKPT_PREFIX,
+    METAFNAME,
+    PARAMFILE_EXT,
+    Checkpointer,
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+)
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 from speechbrain.utils.logger import get_logger
+
+from sepid.training.distributed import gather_objects
 
 logger = get_logger(__name__)
 
@@ -86,9 +103,117 @@ def non_finite_tensors(recoverables):
     return bad
 
 
+@register_checkpoint_hooks
+class RandomStates:
+    """The process-wide random-number generators as a Checkpointer recoverable: torch's CPU
+    generator (and every CUDA device's), numpy's global generator and Python's ``random``.
+
+    Declared in a training YAML under ``checkpointer: recoverables:``. Saved with every
+    checkpoint, restored on recovery: a run resumed from an end-of-epoch checkpoint then draws
+    exactly what the uninterrupted run drew after that checkpoint was saved. That covers every
+    draw of the recipes: dropout, SpeechBrain's augmentation (``Augmenter`` draws with
+    ``random``, ``SpeedPerturb`` with torch), the speaker recipe's random crops (torch, in the
+    main process or in DataLoader workers, which torch seeds from a base seed drawn from this
+    generator each epoch). Generators that are functions of the epoch hold no state of their
+    own to save: SpeechBrain's ``ReproducibleRandomSampler`` (seeded ``seed + epoch``) and the
+    joint recipe's ``DynamicMixingDataset`` (item ``i`` of epoch ``e`` drawn from ``(seed, e, i)``),
+    whose epoch comes from the checkpointed epoch counter.
+
+    Under DDP every rank has its own states: all are gathered and saved by the main process,
+    and each rank restores its own. Resuming with another number of processes keeps the
+    current states and logs that the run is not an exact continuation.
+
+    Mid-epoch (intra-epoch) checkpoints restore the states as they were at the save, and
+    SpeechBrain's ``SaveableDataLoader`` skips the batches already seen, but the resumed
+    epoch's DataLoader iterator is created after the restore (drawing its workers' base seed
+    once more) and DataLoader workers' own generators are not saved: the order of the data is
+    the same, the random draws are not.
+    """
+
+    @staticmethod
+    def current():
+        """This process's generator states."""
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        }
+
+    @staticmethod
+    def restore(states):
+        """Sets this process's generators to ``states`` (from :meth:`current`)."""
+        torch.set_rng_state(states["torch"])
+        if states["cuda"] and torch.cuda.is_available():
+            if len(states["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(states["cuda"])
+            else:
+                logger.warning(
+                    "The checkpoint holds the states of %d CUDA devices, this machine has %d: "
+                    "CUDA generators not restored (the run is not an exact continuation).",
+                    len(states["cuda"]),
+                    torch.cuda.device_count(),
+                )
+        np.random.set_state(states["numpy"])
+        random.setstate(states["python"])
+
+    @mark_as_saver
+    def _save(self, path):
+        states = gather_objects(self.current())  # every rank takes part; the main one writes
+        if if_main_process():
+            torch.save({"ranks": states}, path)
+
+    @mark_as_loader
+    def _recover(self, path, end_of_epoch):
+        del end_of_epoch  # the same either way (see the class docstring for mid-epoch)
+        ranks = torch.load(path, map_location="cpu", weights_only=False)["ranks"]
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank = torch.distributed.get_rank() if distributed else 0
+        world = torch.distributed.get_world_size() if distributed else 1
+        if len(ranks) != world:
+            logger.warning(
+                "%s holds the random states of %d processes and this run has %d: the states "
+                "are not restored, so the resumed run draws other random numbers than an "
+                "uninterrupted one would.",
+                path,
+                len(ranks),
+                world,
+            )
+            return
+        self.restore(ranks[rank])
+
+
 class AtomicCheckpointer(Checkpointer):
     """SpeechBrain's ``Checkpointer`` (same arguments, same layout) whose checkpoints appear
-    only when complete and whose recovery sets incomplete ones aside."""
+    only when complete and whose recovery sets incomplete ones aside.
+
+    A :class:`RandomStates` recoverable is optional: a checkpoint written before the random
+    states were saved still resumes (with a warning: not an exact continuation)."""
+
+    def add_recoverables(self, recoverables):
+        super().add_recoverables(recoverables)
+        self._random_states_optional()
+
+    def add_recoverable(self, name, obj, *args, **kwargs):
+        super().add_recoverable(name, obj, *args, **kwargs)
+        self._random_states_optional()
+
+    def _random_states_optional(self):
+        for name, obj in self.recoverables.items():
+            if isinstance(obj, RandomStates):
+                self.optional_recoverables[name] = True
+
+    def _call_load_hooks(self, checkpoint):
+        for name, obj in self.recoverables.items():
+            if isinstance(obj, RandomStates) and name not in checkpoint.paramfiles:
+                logger.warning(
+                    "%s holds no random states (%s%s: saved before they were checkpointed): "
+                    "resuming, but not as an exact continuation of the interrupted run.",
+                    checkpoint.path,
+                    name,
+                    PARAMFILE_EXT,
+                )
+        return super()._call_load_hooks(checkpoint)
 
     def save_checkpoint(self, meta={}, end_of_epoch=True, name=None, verbosity=20):  # noqa: B006
         bad = non_finite_tensors(self.recoverables)
