@@ -23,6 +23,7 @@ from speechbrain.utils.checkpoints import (
     register_checkpoint_hooks,
 )
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import WavLMModel
 from transformers.models.wavlm.modeling_wavlm import WavLMGroupNormConvLayer
 
@@ -184,6 +185,27 @@ def sample_mask(wavs, wav_lens):
     return samples, torch.arange(wavs.shape[1], device=wavs.device)[None] < samples[:, None]
 
 
+def enable_layer_checkpointing(backbone):
+    """Recomputes each of ``backbone``'s transformer layers in the backward pass (transformers'
+    own per-layer switch, non-reentrant: LoRA on a frozen backbone still gets its gradient and
+    dropout's RNG state is restored). Only the encoder layers: ``gradient_checkpointing_enable``
+    would also recompute the feature encoder, whose masked GroupNorm reads the batch's valid
+    lengths during the forward call only."""
+    for layer in backbone.encoder.layers:
+        layer.gradient_checkpointing = True
+        layer._gradient_checkpointing_func = _checkpoint_layer
+
+
+def _checkpoint_layer(function, *args):
+    # the recomputation runs in the backward pass, outside MaskedWavLMModel.forward's filter
+    def quiet(*inputs):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_MASK_TYPES_WARNING)
+            return function(*inputs)
+
+    return checkpoint(quiet, *args, use_reentrant=False)
+
+
 @register_checkpoint_hooks
 class WavLMSpeakerEncoder(nn.Module):
     """WavLM (frozen with LoRA adapters, or fine-tuned whole), pooling and a projection to a
@@ -217,6 +239,9 @@ class WavLMSpeakerEncoder(nn.Module):
         without it).
     cache_dir : str, optional
         Where ``from_pretrained`` caches downloaded weights.
+    activation_checkpointing : bool
+        Recompute each WavLM transformer layer in the backward pass instead of keeping its
+        activations (training only; the same gradients, less memory, more compute).
     """
 
     def __init__(
@@ -234,6 +259,7 @@ class WavLMSpeakerEncoder(nn.Module):
         cache_dir=None,
         freeze_backbone=True,
         freeze_feature_encoder=True,
+        activation_checkpointing=False,
     ):
         super().__init__()
         if pooling not in POOLINGS:
@@ -260,6 +286,8 @@ class WavLMSpeakerEncoder(nn.Module):
                 alpha=lora_alpha,
                 dropout=lora_dropout,
             )
+        if activation_checkpointing:
+            enable_layer_checkpointing(self.backbone)
         hidden = self.backbone.config.hidden_size
         n_states = self.backbone.config.num_hidden_layers + 1
         self.layer_weights = nn.Parameter(torch.zeros(n_states)) if layer_weighting else None

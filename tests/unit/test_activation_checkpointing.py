@@ -87,3 +87,46 @@ def test_checkpointing_holds_fewer_activations_and_is_off_in_eval():
 def test_a_bad_value_is_refused():
     with pytest.raises(ValueError, match="activation_checkpointing must be True or False"):
         SBTransformerBlock(**SIZES, activation_checkpointing="yes")
+
+
+@pytest.mark.parametrize("freeze_backbone", [True, False])
+def test_checkpointed_wavlm_gives_the_plain_gradients(tiny_wavlm, freeze_backbone):
+    """WavLM's layers recomputed (the speaker recipe's and the joint recipe's option): LoRA on a
+    frozen backbone, or the whole backbone fine-tuned, gets the plain step's gradients on a
+    padded batch with dropout active, and the input (a separator's output in the joint recipe)
+    its gradient too."""
+    from sepid.speaker.encoder import WavLMSpeakerEncoder
+
+    def grads(checkpointing):
+        torch.manual_seed(0)
+        encoder = WavLMSpeakerEncoder(
+            tiny_wavlm,
+            embedding_dim=16,
+            lora_rank=4,
+            freeze_backbone=freeze_backbone,
+            activation_checkpointing=checkpointing,
+        ).train()
+        # B = 0 at initialisation would leave LoRA's A without gradient: give B a value
+        for name, p in encoder.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.1, generator=torch.Generator().manual_seed(1))
+        wavs = torch.randn(2, 8000, generator=torch.Generator().manual_seed(2)).requires_grad_()
+        torch.manual_seed(5)  # the dropout masks
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: saved.append(t.untyped_storage().nbytes()) or t, lambda t: t
+        ):
+            loss = encoder(wavs, torch.tensor([1.0, 0.55])).pow(2).sum()
+        loss.backward()
+        named = {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
+        return named, wavs.grad.clone(), sum(saved)
+
+    plain, plain_input, plain_saved = grads(False)
+    recomputed, recomputed_input, recomputed_saved = grads(True)
+    assert plain.keys() == recomputed.keys() and any("lora_" in n for n in plain)
+    assert freeze_backbone or any("feed_forward" in n for n in plain)
+    for name, g in plain.items():
+        diff = float((recomputed[name] - g).abs().max() / g.abs().max().clamp_min(1e-30))
+        assert diff <= 1e-5, f"{name}: relative difference {diff:.2e}"
+    assert torch.allclose(recomputed_input, plain_input, rtol=1e-5, atol=1e-7)
+    assert recomputed_saved < plain_saved
