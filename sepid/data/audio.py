@@ -74,6 +74,21 @@ def _check_exists(path):
         )
 
 
+def _raise_if_unreadable(path):
+    """libsndfile reports a file the user may not read as a generic "System error", which the
+    callers would word as "truncated or not audio": raises the permission error instead (only
+    called once libsndfile has failed, so a readable file costs nothing)."""
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError as denied:
+        raise AudioError(
+            f"Cannot read audio file {path}: permission denied (the user running this process "
+            "may not read it). Make it readable (chmod a+r, or fix its owner), run as a user "
+            "who can read it, or run data prep with skip_bad_files=True to leave it out."
+        ) from denied
+
+
 def audio_info(path):
     """Returns ``(num_frames, sample_rate, channels)`` of an audio file without reading it.
 
@@ -89,6 +104,7 @@ def audio_info(path):
     try:
         info = sf.info(path)
     except (sf.LibsndfileError, RuntimeError) as err:
+        _raise_if_unreadable(path)
         raise AudioError(
             f"Cannot read audio file {path}: {str(err).rstrip('.')}. Convert it to wav/flac (e.g. "
             f"`ffmpeg -i {path} out.wav`) or run data prep with skip_bad_files=True."
@@ -130,6 +146,7 @@ def probe_audio(path, tail_frames=160):
                         "with skip_bad_files=True."
                     )
     except (sf.LibsndfileError, RuntimeError) as err:
+        _raise_if_unreadable(path)
         raise AudioError(
             f"Cannot read audio file {path}: {str(err).rstrip('.')}. The file is truncated or not audio; "
             "re-extract or re-download it, or run data prep with skip_bad_files=True."
@@ -202,6 +219,7 @@ def check_audio(path, tail_frames=160, block_frames=CHECK_BLOCK_FRAMES):
                 if f.read(tail_frames, dtype="float32", always_2d=True).shape[0] == 0:
                     raise _truncated(path, num_frames)
     except (sf.LibsndfileError, RuntimeError) as err:
+        _raise_if_unreadable(path)
         raise AudioError(
             f"Cannot read audio file {path}: {str(err).rstrip('.')}. The file is truncated or not "
             "audio; re-extract or re-download it, or run data prep with skip_bad_files=True."
@@ -258,6 +276,7 @@ def read_audio(path, sample_rate=None, min_duration=0.0, start=0, stop=None):
     try:
         data, _ = sf.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as err:
+        _raise_if_unreadable(path)
         raise AudioError(
             f"Cannot decode audio file {path}: {str(err).rstrip('.')}. The file is truncated or corrupt; "
             "re-extract it, or rerun data prep with skip_bad_files=True to leave it out."

@@ -48,7 +48,9 @@ def atomic_open(path, binary=False):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="") as f:
+        with (
+            os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="", encoding="utf-8") as f
+        ):
             yield f
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the usual mode
         os.replace(tmp, path)
@@ -92,16 +94,22 @@ def read_csv(path, required_columns=()):
         raise FileNotFoundError(
             f"Manifest not found: {path}. Run the data prep script that writes it first."
         )
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        missing = [c for c in required_columns if c not in columns]
-        if missing:
-            raise ValueError(
-                f"Manifest {path} lacks column(s) {missing} (it has {columns}). "
-                "Regenerate it with the data prep script of this project."
-            )
-        return list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            missing = [c for c in required_columns if c not in columns]
+            if missing:
+                raise ValueError(
+                    f"Manifest {path} lacks column(s) {missing} (it has {columns[:20]}). "
+                    "Regenerate it with the data prep script of this project."
+                )
+            return list(reader)
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"Manifest {path} is not a UTF-8 text CSV (byte {err.start}: {err.reason}). "
+            "Regenerate it with the data prep script of this project."
+        ) from err
 
 
 def file_fingerprint(path):

@@ -233,6 +233,20 @@ def convert_m4a_files(utterances, skip_bad_files=False, num_workers=CONVERT_WORK
     return bad
 
 
+def _text_lines(path, what):
+    """The lines of the UTF-8 text file ``path``; a file that is not text (binary, another
+    encoding) is a ``ValueError`` naming it, not a ``UnicodeDecodeError``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            yield from f
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not a UTF-8 text file (byte {err.start}: {err.reason}), so not a "
+            f"{what}: expected lines 'label enrol_path test_path' (e.g. VoxCeleb1's "
+            "veri_test2.txt). Check the file given."
+        ) from err
+
+
 def read_trial_file(trial_file, resolve, skip_bad_files=False, search_root=None):
     """Reads a verification list in the standard ``label enrol_path test_path`` format.
 
@@ -259,32 +273,31 @@ def read_trial_file(trial_file, resolve, skip_bad_files=False, search_root=None)
         raise FileNotFoundError(f"Verification trial file not found: {trial_file}.")
     trials, bad = [], []
     where = f" under {search_root}" if search_root else ""
-    with open(trial_file) as f:
-        for line_no, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 3 or fields[0] not in ("0", "1"):
-                raise ValueError(
-                    f"{trial_file}, line {line_no}: expected 'label enrol_path test_path' with "
-                    f"label 0 or 1, got {line.strip()!r}."
-                )
-            utts = []
-            for rel in fields[1:]:
-                utt = resolve(rel)
-                if utt is None:
-                    if not skip_bad_files:
-                        raise FileNotFoundError(
-                            f"Trial file {trial_file}, line {line_no}: audio file {rel} not "
-                            f"found{where}. Check that the data folder matches the trial list, "
-                            "or run with skip_bad_files=True (--skip_bad_files) to skip such "
-                            "trials."
-                        )
-                    bad.append((f"{trial_file}:{line_no}: {rel}", "trial names a missing file"))
-                    break
-                utts.append(utt)
-            if len(utts) == 2:
-                trials.append((int(fields[0]), utts[0], utts[1]))
+    for line_no, line in enumerate(_text_lines(trial_file, "verification trial list"), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 3 or fields[0] not in ("0", "1"):
+            raise ValueError(
+                f"{trial_file}, line {line_no}: expected 'label enrol_path test_path' with "
+                f"label 0 or 1, got {line.strip()[:200]!r}."
+            )
+        utts = []
+        for rel in fields[1:]:
+            utt = resolve(rel)
+            if utt is None:
+                if not skip_bad_files:
+                    raise FileNotFoundError(
+                        f"Trial file {trial_file}, line {line_no}: audio file {rel} not "
+                        f"found{where}. Check that the data folder matches the trial list, "
+                        "or run with skip_bad_files=True (--skip_bad_files) to skip such "
+                        "trials."
+                    )
+                bad.append((f"{trial_file}:{line_no}: {rel}", "trial names a missing file"))
+                break
+            utts.append(utt)
+        if len(utts) == 2:
+            trials.append((int(fields[0]), utts[0], utts[1]))
     if bad:
         logger.warning("Skipped %d trial(s) of %s naming missing files", len(bad), trial_file)
     if not trials:

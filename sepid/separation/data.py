@@ -51,6 +51,12 @@ def mixture_dataset(test_csv, data_root, separator_rate, speaker_rate=None):
 def mixture_speakers(test_csv):
     """Every speaker appearing in the mixtures of ``test_csv``."""
     rows = read_csv(test_csv, EVAL_MIXTURE_COLUMNS)
+    if not rows:  # else the enrolment manifest would be blamed for covering none of them
+        raise ValueError(
+            f"Mixture manifest {test_csv} has no rows: write test mixtures with "
+            "data_prep/make_mixtures.py (--n_test > 0) into the folder the recipe reads "
+            "(--data_folder of recipes/separation, --mixture_folder of recipes/joint)."
+        )
     return {r["s1_spk"] for r in rows} | {r["s2_spk"] for r in rows}
 
 

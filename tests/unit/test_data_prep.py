@@ -435,6 +435,91 @@ def test_trial_naming_missing_file(vox, tmp_path):
         prepare_voxceleb(data, tmp_path / "s2", verification_file=trials)
 
 
+def test_a_binary_trial_list_is_named(vox, tmp_path):
+    """Issue 22 row 11: was a UnicodeDecodeError naming no file."""
+    data, trials = vox
+    trials.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(ValueError, match="not a UTF-8 text file") as err:
+        prepare_voxceleb(data, tmp_path / "s", verification_file=trials)
+    assert str(trials) in str(err.value) and "veri_test2.txt" in str(err.value)
+    assert not (tmp_path / "s" / "prep_options.json").exists()
+
+
+def test_a_binary_manifest_is_named(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_bytes(b"ID,duration,wav,spk_id\n" + bytes(range(128, 256)))
+    with pytest.raises(ValueError, match=f"Manifest {path} is not a UTF-8 text CSV"):
+        read_csv(path, UTT_COLUMNS)
+
+
+def test_a_mixture_manifest_without_rows_is_blamed_not_the_enrolment(tmp_path):
+    """Issue 22 row 12: a header-only test.csv made the enrolment manifest 'cover 0 of the
+    mixture speakers'."""
+    from sepid.data.schema import EVAL_MIXTURE_COLUMNS
+    from sepid.separation.data import mixture_speakers
+
+    test_csv = tmp_path / "test.csv"
+    test_csv.write_text(",".join(EVAL_MIXTURE_COLUMNS) + "\n")
+    with pytest.raises(ValueError, match=f"Mixture manifest {test_csv} has no rows") as err:
+        mixture_speakers(test_csv)
+    assert "nrolment" not in str(err.value) and "make_mixtures.py" in str(err.value)
+
+
+# Root reads every file whatever its mode: the prep runs without the two capabilities that let
+# it (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), through util-linux's setpriv, so the test runs as
+# root too; as another user the mode alone does it.
+NO_READ_OVERRIDE = [
+    "setpriv",
+    "--bounding-set=-dac_override,-dac_read_search",
+    "--inh-caps=-dac_override,-dac_read_search",
+    "--",
+]
+PREP_UNREADABLE = """
+import sys
+from sepid.data.folder import prepare_folder
+out = prepare_folder(sys.argv[1], sys.argv[2], trial_speakers=None, skip_bad_files=sys.argv[3] == "skip")
+print(open(out["bad_files"]).read())
+"""
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_file_the_user_cannot_read_says_permission_denied(tmp_path, skip):
+    """Issue 22 row 16: it was called "truncated or not audio"."""
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("root without setpriv: no way to make a file unreadable")
+        prefix = NO_READ_OVERRIDE
+    data = tmp_path / "data"
+    for spk in ("1688", "1998"):
+        shutil.copytree(LIBRI / spk, data / spk)
+    locked = data / "1998" / "1998-15444-0000.flac"
+    assert locked.is_file()
+    locked.chmod(0)
+    proc = subprocess.run(
+        [
+            *prefix,
+            sys.executable,
+            "-c",
+            PREP_UNREADABLE,
+            data,
+            tmp_path / "s",
+            str(skip and "skip"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if skip:
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert f"{locked}" in proc.stdout and "permission denied" in proc.stdout
+    else:
+        assert proc.returncode != 0
+        assert f"Cannot read audio file {locked}: permission denied" in proc.stderr
+        assert "truncated" not in proc.stderr
+
+
 def test_manifest_missing_column(tmp_path):
     path = tmp_path / "broken.csv"
     path.write_text("ID,wav,spk_id\na,x,s\n")
