@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from sepid.data.manifest import write_atomic
+from sepid.report.comparisons import compare_per_mixture
 from sepid.report.intervals import verdict
 from sepid.report.tables import interval_note
-from sepid.separation.evaluation import compare_per_mixture
 
 SPEAKER_MODELS = {
     "pretrained": "untrained tiny WavLM",

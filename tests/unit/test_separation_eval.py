@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from sepid.report.comparisons import compare_per_mixture
 from sepid.report.tables import separation_results_table
-from sepid.separation.evaluation import compare_per_mixture, score_items
+from sepid.separation.evaluation import score_items
 from sepid.separation.separator import (
     accuracy,
     align_to,
