@@ -7,8 +7,9 @@ look like ``id\\d+``. Utterance IDs are ``<spk>--<video>--<utt stem>`` (as Speec
 ``voxceleb_prepare``); when an utterance exists in several formats, ``.wav`` is used before
 ``.flac`` before ``.m4a``.
 
-VoxCeleb2's m4a files cannot be read by libsndfile: they are converted once, with ffmpeg
-(16 kHz mono, ``-ac 1 -ar 16000``), to ``<utt>.flac`` beside ``<utt>.m4a``. Existing flac files
+VoxCeleb2's m4a files cannot be read by libsndfile: they are converted once, with ffmpeg (the
+system's on PATH, else the binary the ``imageio-ffmpeg`` dependency ships; 16 kHz mono,
+``-ac 1 -ar 16000``), to ``<utt>.flac`` beside ``<utt>.m4a``. Existing flac files
 are reused and never overwritten, and no file of the dataset is deleted. Only the selected
 speakers and the trial list's files are converted.
 
@@ -140,13 +141,28 @@ class _Listing:
         return self.speaker(spk).get(f"{spk}--{video}--{Path(name).stem}")
 
 
+def _bundled_ffmpeg():
+    """The ffmpeg binary that the ``imageio-ffmpeg`` package ships (a dependency of this project,
+    so the conversion works where no system ffmpeg is installed, CI included), or None."""
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        return None
+    try:
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except RuntimeError:  # its binary was not installed for this platform
+        return None
+
+
 def _ffmpeg_or_raise():
-    ffmpeg = shutil.which("ffmpeg")
+    """The ffmpeg to convert with: the system's (on PATH) first, else imageio-ffmpeg's."""
+    ffmpeg = shutil.which("ffmpeg") or _bundled_ffmpeg()
     if ffmpeg is None:
         raise RuntimeError(
-            "VoxCeleb2 m4a files must be converted, but ffmpeg is not on PATH. Install it "
-            "(`apt-get install ffmpeg`, or `conda install -c conda-forge ffmpeg`), or convert the "
-            "files beforehand to <utt>.flac beside each <utt>.m4a (e.g. `ffmpeg -i x.m4a -ac 1 "
+            "VoxCeleb2 m4a files must be converted, but ffmpeg is not on PATH (nor the one of "
+            "the imageio-ffmpeg package). Install it (`apt-get install ffmpeg`, `conda install "
+            "-c conda-forge ffmpeg`, or `pip install imageio-ffmpeg`), or convert the files "
+            "beforehand to <utt>.flac beside each <utt>.m4a (e.g. `ffmpeg -i x.m4a -ac 1 "
             "-ar 16000 x.flac`)."
         )
     return ffmpeg
@@ -210,7 +226,7 @@ def convert_m4a_files(utterances, skip_bad_files=False, num_workers=CONVERT_WORK
                 "/scratch/`) and point data_folder there, or convert the m4a files beforehand "
                 "to <utt>.flac beside each <utt>.m4a."
             )
-    logger.info("Converting %d m4a file(s) to 16 kHz mono flac with ffmpeg", len(todo))
+    logger.info("Converting %d m4a file(s) to 16 kHz mono flac with %s", len(todo), ffmpeg)
     by_path = {u.path: uid for uid, u in todo.items()}
     bad = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:

@@ -1,6 +1,7 @@
 """Tests of the speaker data prep (sepid.data.voxceleb, sepid.data.folder, sepid.data.prep,
 sepid.data.speakers) and its scripts (data_prep/voxceleb_prepare.py)."""
 
+import concurrent.futures
 import csv
 import logging
 import os
@@ -546,9 +547,11 @@ def test_ffmpeg_missing(tmp_path, clips, monkeypatch):
     empty_bin = tmp_path / "bin"
     empty_bin.mkdir()
     monkeypatch.setenv("PATH", str(empty_bin))
+    monkeypatch.setattr(voxceleb, "_bundled_ffmpeg", lambda: None)  # nor imageio-ffmpeg's
     with pytest.raises(RuntimeError, match="ffmpeg") as err:
         prepare_voxceleb(data, tmp_path / "s")
     assert "apt-get install ffmpeg" in str(err.value) and "conda" in str(err.value)
+    assert "pip install imageio-ffmpeg" in str(err.value)
     with pytest.raises(ValueError, match="m4a"):
         prepare_voxceleb(data, tmp_path / "s", convert_m4a=False)
 
@@ -600,28 +603,56 @@ def test_m4a_conversion_with_fake_ffmpeg(tmp_path, clips, monkeypatch):
     assert str(bad) in Path(out["bad_files"]).read_text()
 
 
-@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
-def test_m4a_conversion_with_real_ffmpeg(tmp_path, clips):
-    folder = tmp_path / "vox2/aac/id00001/vid0"
-    folder.mkdir(parents=True)
-    for u in range(2):
-        wav = tmp_path / f"{u}.wav"
-        sf.write(wav, np.stack([clips[u], clips[u]], axis=1), 44100)
-        subprocess.run(
-            ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(wav), str(folder / f"{u}.m4a")],
-            check=True,
-        )
+def make_m4a_corpus(root, ffmpeg, speakers=("1688", "1998"), videos=2, utts=2, workers=4):
+    """A VoxCeleb2-layout tree ``root/dev/aac/id<spk>/vid<v>/<u>.m4a`` of real AAC files encoded
+    by ``ffmpeg`` from the shipped LibriSpeech speech (stereo 44.1 kHz, so that the conversion
+    downmixes and resamples); returns ``{m4a path: source flac}``."""
+    jobs = {}
+    for spk in speakers:
+        sources = sorted((LIBRI / spk).glob("*.flac"))
+        for i, src in enumerate(sources[: videos * utts]):
+            folder = root / "dev/aac" / f"id{spk}" / f"vid{i // utts}"
+            folder.mkdir(parents=True, exist_ok=True)
+            jobs[folder / f"{i % utts:05d}.m4a"] = src
+    encode = ["-nostdin", "-loglevel", "error", "-ac", "2", "-ar", "44100", "-c:a", "aac"]
+
+    def one(item):
+        dst, src = item
+        subprocess.run([ffmpeg, "-i", str(src), *encode, str(dst)], check=True)
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        list(pool.map(one, jobs.items()))
+    return jobs
+
+
+def test_m4a_conversion_with_real_ffmpeg(tmp_path, monkeypatch):
+    """VoxCeleb2's m4a path for real (issue 22 row 17): AAC files made from the shipped speech,
+    converted by data prep with the ffmpeg that imageio-ffmpeg (a dependency) ships, as on a
+    machine with no system ffmpeg (PATH without one): 16 kHz mono flac of the same speech."""
+    empty_bin = tmp_path / "bin"
+    empty_bin.mkdir()
+    monkeypatch.setenv("PATH", str(empty_bin))
+    bundled = voxceleb._bundled_ffmpeg()
+    assert bundled is not None, "imageio-ffmpeg (a dependency) ships no ffmpeg here"
+    assert voxceleb._ffmpeg_or_raise() == bundled
+    jobs = make_m4a_corpus(tmp_path / "vox2", bundled)
     out = prepare_voxceleb(
-        tmp_path / "vox2",
-        tmp_path / "s",
-        n_iden_test=0,
-        n_iden_enrol=1,
-        valid_ratio=0,
-        min_duration=0.1,
+        tmp_path / "vox2", tmp_path / "s", n_iden_test=0, n_iden_enrol=1, valid_ratio=0
     )
-    for row in read_csv(out["train"]):
-        info = sf.info(resolve(row["wav"], tmp_path / "vox2"))
-        assert (info.samplerate, info.channels) == (16000, 1)
+    rows = read_csv(out["train"])
+    assert len(rows) == len(jobs) == 8
+    for row in rows:
+        flac = resolve(row["wav"], tmp_path / "vox2")
+        source = jobs[flac.with_suffix(".m4a")]
+        info = sf.info(flac)
+        assert (info.samplerate, info.channels, info.format) == (16000, 1, "FLAC")
+        converted, _ = sf.read(flac, dtype="float32")
+        original, _ = sf.read(source, dtype="float32")
+        assert abs(len(converted) - len(original)) < 0.01 * RATE  # AAC priming only
+        n = min(len(converted), len(original))
+        corr = np.corrcoef(converted[:n], original[:n])[0, 1]
+        assert corr > 0.9, f"{flac}: correlation {corr:.3f} with its source"
+    assert len(list((tmp_path / "vox2").rglob("*.m4a"))) == 8  # originals kept
 
 
 def test_m4a_folder_not_writable(tmp_path, clips, monkeypatch):
