@@ -119,6 +119,7 @@ class _OperatingPoints:
     n_target: int
     n_nontarget: int
     candidates: tuple = field(default=None, repr=False)  # speechbrain_candidates(), once
+    _rates32: tuple = field(default=None, repr=False)
 
     @classmethod
     def from_scores(cls, scores, labels):
@@ -143,10 +144,13 @@ class _OperatingPoints:
         )
 
     def rates32(self):
-        """``(frr, far)`` as float32, computed exactly as SpeechBrain does (count / n in float32)."""
-        frr = self.n_miss.astype(np.float32) / np.float32(self.n_target)
-        far = self.n_fa.astype(np.float32) / np.float32(self.n_nontarget)
-        return frr, far
+        """``(frr, far)`` as float32, computed exactly as SpeechBrain does (count / n in float32);
+        computed once per object (the EER and every minDCF read them)."""
+        if self._rates32 is None:
+            frr = self.n_miss.astype(np.float32) / np.float32(self.n_target)
+            far = self.n_fa.astype(np.float32) / np.float32(self.n_nontarget)
+            self._rates32 = (frr, far)
+        return self._rates32
 
     def rates64(self):
         """``(frr, far)`` as float64."""
