@@ -27,6 +27,7 @@ random-number generators, so a run resumed at the end of epoch ``k`` drew other 
 augmentations and dropout masks than the uninterrupted run from epoch ``k + 1`` on.
 """
 
+import functools
 import os
 import random
 import zipfile
@@ -103,7 +104,9 @@ def non_finite_tensors(recoverables):
     return bad
 
 
-@register_checkpoint_hooks
+# save_on_main_only=False: every rank runs the saver, which gathers the ranks' states (a
+# collective); SpeechBrain's default runs savers on the main process only.
+@functools.partial(register_checkpoint_hooks, save_on_main_only=False)
 class RandomStates:
     """The process-wide random-number generators as a Checkpointer recoverable: torch's CPU
     generator (and every CUDA device's), numpy's global generator and Python's ``random``.
