@@ -5,6 +5,8 @@ saved tensor (weights, optimizer moments, scheduler state) equal (``torch.equal`
 uninterrupted run of the same seed, and log the same validation metrics."""
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from tests.helpers import run_script
 from tests.recipes.test_joint_recipe import crash
 
 EPOCHS = 2
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def latest_checkpoint(run):
@@ -116,3 +119,40 @@ def test_joint_recipe_resumes_bit_exact(tmp_path, joint_recipe, speaker_experime
         )
 
     resumed_equals_uninterrupted(command, tmp_path)
+
+
+def test_speaker_recipe_resumes_bit_exact_under_torchrun(tmp_path, speaker_recipe):
+    """Two DDP processes (gloo): each rank's generators are gathered into the checkpoint and each
+    rank gets its own back."""
+    ddp = ["-m", "torch.distributed.run", "--nproc_per_node=2"]
+
+    def command(out):
+        return [
+            *ddp,
+            *speaker_recipe.command(
+                "recipes/speaker/train.py",
+                f"--output_folder={out}",
+                f"--number_of_epochs={EPOCHS}",
+                "--distributed_backend=gloo",
+            ),
+        ]
+
+    uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
+    run_script(command(uninterrupted))
+    # both ranks killed at the first batch of the last epoch (torchrun then fails)
+    proc = subprocess.run(
+        [sys.executable, *ddp, "tests/crash.py", f"batch:{EPOCHS}:1", "--", *command(resumed)[3:]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode != 0
+    assert len(list((resumed / "save").glob("CKPT+*"))) == 1
+    states = torch.load(
+        latest_checkpoint(resumed) / "random_states.ckpt", map_location="cpu", weights_only=False
+    )
+    assert len(states["ranks"]) == 2
+    run_script(command(resumed))
+    assert_same_checkpoints(resumed, uninterrupted)
+    assert validation_lines(resumed) == validation_lines(uninterrupted)
