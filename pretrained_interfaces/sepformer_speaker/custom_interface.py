@@ -41,6 +41,8 @@ from pretrained_interfaces.speaker.custom_interface import (  # noqa: F401 (name
     WavLMSpeakerEmbedder,
     WavLMSpeakerInterface,
     _resampler,
+    check_signal,
+    min_input_samples,
 )
 
 # <<< speaker interface
@@ -214,24 +216,56 @@ class SepformerSpeakerInterface(WavLMSpeakerInterface):
         encoder = self.hparams.label_encoder
         return [encoder.decode_ndim(int(i)) for i in index], best.tolist()
 
-    def separate_batch(self, mixtures):
+    def check_mixture(self, signal, what):
+        """A clear ``ValueError`` naming ``what`` for a 1-D mixture at ``separator_sample_rate``
+        that cannot be separated and identified: too short for one frame of the speaker branch
+        once resampled (the minimum is in the message), NaN or infinite samples, digitally
+        silent or constant."""
+        rate, spk_rate = int(self.hparams.separator_sample_rate), int(self.hparams.sample_rate)
+        need = min_input_samples(self.mods.embedder.backbone.config)
+        check_signal(signal, what, rate, -(-need * rate // spk_rate))
+
+    def separate_batch(self, mixtures, mix_lens=None):
         """Separates ``mixtures [B, T]`` (at ``separator_sample_rate``; long ones in chunks,
         :meth:`separate_chunked`); for each mixture, the list of its :class:`SeparatedSource`
-        (signal, speaker, score, embedding: computed in chunks of ``chunk_seconds``)."""
+        (signal, speaker, score, embedding: computed in chunks of ``chunk_seconds``).
+
+        ``mix_lens``: SpeechBrain relative lengths of zero-padded mixtures (default all 1). Each
+        mixture then gives what it gives alone: the SepFormer has no padding mask, so mixtures of
+        different lengths are separated one at a time (over their own samples; the sources are
+        returned that long), and their sources are embedded together with their lengths, which
+        the speaker branch masks exactly."""
         if mixtures.dim() == 1:
             mixtures = mixtures.unsqueeze(0)
-        sources = self.separate_chunked(mixtures).cpu()
-        rate = int(self.hparams.separator_sample_rate)
-        flat = sources.transpose(1, 2).reshape(-1, sources.shape[1])  # [B * n, T]
+        total = mixtures.shape[1]
+        lengths = [total] * mixtures.shape[0]
+        if mix_lens is not None:
+            lengths = torch.round(mix_lens.cpu() * total).long().tolist()
+        for i, n in enumerate(lengths):
+            self.check_mixture(mixtures[i, :n], f"Mixture {i} of the batch")
+        if all(n == total for n in lengths):
+            per_mixture = list(self.separate_chunked(mixtures).cpu())
+        else:
+            per_mixture = [
+                self.separate_chunked(m[:n].unsqueeze(0)).cpu()[0]
+                for m, n in zip(mixtures, lengths, strict=True)
+            ]
+        rate, spk_rate = int(self.hparams.separator_sample_rate), int(self.hparams.sample_rate)
         piece = int(self.hparams.chunk_seconds * rate)  # embedded in chunks of that length too
-        flat = resample_in_pieces(flat, rate, int(self.hparams.sample_rate), piece)
-        embeddings = self.encode_batch(flat)
+        n = per_mixture[0].shape[-1]
+        outputs = [resample_in_pieces(sources.T, rate, spk_rate, piece) for sources in per_mixture]
+        out_total = max(o.shape[1] for o in outputs)
+        flat = torch.zeros(len(outputs) * n, out_total)
+        out_lens = torch.empty(len(outputs) * n)
+        for b, o in enumerate(outputs):
+            flat[b * n : (b + 1) * n, : o.shape[1]] = o
+            out_lens[b * n : (b + 1) * n] = o.shape[1] / out_total
+        embeddings = self.encode_batch(flat, out_lens)
         speakers, scores = self.identify(embeddings)
-        n = sources.shape[-1]
         return [
             [
                 SeparatedSource(
-                    sources[b, :, i],
+                    sources[:, i],
                     rate,
                     speakers[b * n + i],
                     scores[b * n + i],
@@ -239,7 +273,7 @@ class SepformerSpeakerInterface(WavLMSpeakerInterface):
                 )
                 for i in range(n)
             ]
-            for b in range(sources.shape[0])
+            for b, sources in enumerate(per_mixture)
         ]
 
     def separate_file(self, path, save_folder=None):
@@ -248,6 +282,7 @@ class SepformerSpeakerInterface(WavLMSpeakerInterface):
         bounded); with ``save_folder``, writes each source as
         ``<file stem>_<i>_<speaker>.wav`` there and sets its ``path``."""
         mixture = self.read_audio(path, sample_rate=self.hparams.separator_sample_rate)
+        self.check_mixture(mixture, f"Audio file {path}")
         sources = self.separate_batch(mixture.unsqueeze(0))[0]
         if save_folder is not None:
             folder = Path(save_folder)
@@ -262,6 +297,6 @@ class SepformerSpeakerInterface(WavLMSpeakerInterface):
             logger.info("Wrote %d sources of %s to %s", len(sources), path, folder)
         return sources
 
-    def forward(self, mixtures):
+    def forward(self, mixtures, mix_lens=None):
         """Separated sources with their speakers, as ``separate_batch``."""
-        return self.separate_batch(mixtures)
+        return self.separate_batch(mixtures, mix_lens)

@@ -41,6 +41,9 @@ from transformers.models.wavlm.modeling_wavlm import WavLMGroupNormConvLayer
 logger = logging.getLogger(__name__)
 
 POOLINGS = ("mean", "attentive")
+# An input whose every sample lies within this of its mean is digitally silent or constant (DC):
+# all zeros once written as 16-bit PCM, the data prep's silence test (sepid.data.audio.SILENT_PEAK).
+SILENT_PEAK = 2.0**-16
 
 
 class LoRAParametrization(nn.Module):
@@ -85,15 +88,41 @@ class MaskedGroupNormConvLayer(WavLMGroupNormConvLayer):
         if samples is None:
             hidden_states = self.layer_norm(hidden_states)
         else:
-            stride, kernel = self.conv.stride[0], self.conv.kernel_size[0]
-            total = hidden_states.shape[-1]
-            frames = torch.div(samples - kernel, stride, rounding_mode="floor") + 1
-            rows = []
-            for b, n in enumerate(frames.clamp(min=1, max=total).tolist()):
-                valid = self.layer_norm(hidden_states[b : b + 1, :, :n])
-                rows.append(F.pad(valid, (0, total - n)))
-            hidden_states = torch.cat(rows)
+            hidden_states = self.masked_norm(hidden_states, samples)
         return self.activation(hidden_states)
+
+    def masked_norm(self, hidden_states, samples):
+        """The GroupNorm (one group per channel) of ``hidden_states [B, C, T]`` with each row's
+        statistics over its first ``conv_out(samples[b])`` frames; the frames after them (which
+        no valid output frame depends on) are normalised with the same statistics."""
+        stride, kernel = self.conv.stride[0], self.conv.kernel_size[0]
+        batch, channels, total = hidden_states.shape
+        frames = torch.div(samples - kernel, stride, rounding_mode="floor") + 1
+        frames = frames.clamp(min=1, max=total).tolist()
+        norm = self.layer_norm
+        if torch.is_grad_enabled() and hidden_states.requires_grad:
+            # a trained feature encoder: the gradient goes through the statistics too
+            rows = [
+                F.pad(norm(hidden_states[b : b + 1, :, :n]), (0, total - n))
+                for b, n in enumerate(frames)
+            ]
+            return torch.cat(rows)
+        stats = [
+            torch.var_mean(hidden_states[b, :, :n], dim=-1, unbiased=False)
+            for b, n in enumerate(frames)
+        ]
+        # one pass over the tensor: batch_norm with given statistics, one "channel" per row and
+        # channel (these first-layer features are the largest tensor in WavLM)
+        normed = F.batch_norm(
+            hidden_states.reshape(1, batch * channels, total),
+            torch.cat([m for _, m in stats]),
+            torch.cat([v for v, _ in stats]),
+            norm.weight.repeat(batch),
+            norm.bias.repeat(batch),
+            training=False,
+            eps=norm.eps,
+        )
+        return normed.reshape(batch, channels, total)
 
 
 class MaskedWavLMModel(WavLMModel):
@@ -124,6 +153,35 @@ class MaskedWavLMModel(WavLMModel):
 # torch's note on the boolean padding mask beside WavLM's float position bias (the two combine
 # as they should: padded keys get -inf)
 _MASK_TYPES_WARNING = "Support for mismatched key_padding_mask and attn_mask"
+
+
+def min_input_samples(config):
+    """The fewest samples that give WavLM one frame (400 for Base/Base+: 25 ms at 16 kHz)."""
+    samples = 1
+    for kernel, stride in reversed(list(zip(config.conv_kernel, config.conv_stride, strict=True))):
+        samples = (samples - 1) * stride + kernel
+    return samples
+
+
+def check_signal(signal, what, sample_rate, min_samples):
+    """Raises a ``ValueError`` naming ``what`` (a file, an input of a batch) when the 1-D
+    ``signal`` cannot give a speaker embedding: shorter than ``min_samples``, NaN or infinite
+    samples, or digitally silent / constant (no speech: its embedding would still score as
+    confidently as speech's)."""
+    n = signal.shape[-1]
+    if n < min_samples:
+        raise ValueError(
+            f"{what} is {n} samples ({n / sample_rate:.3f} s) long: the model needs at least "
+            f"{min_samples} samples ({min_samples / sample_rate:.3f} s at {sample_rate} Hz), one "
+            "WavLM frame. Pass longer audio."
+        )
+    if not bool(torch.isfinite(signal).all()):
+        raise ValueError(f"{what} contains NaN or infinite samples: clean the audio first.")
+    if float((signal - signal.mean()).abs().max()) < SILENT_PEAK:
+        raise ValueError(
+            f"{what} is digitally silent or constant (every sample within 2**-16 of its mean): "
+            "there is no speech to embed, and a score against it would mean nothing."
+        )
 
 
 def _sample_mask(wavs, wav_lens):
@@ -440,15 +498,27 @@ class WavLMSpeakerInterface(Pretrained):
         return signal
 
     # ------------------------------------------------------------------- embeddings ---
+    def check_signal(self, signal, what):
+        """A clear ``ValueError`` naming ``what`` for a 1-D ``signal`` at ``sample_rate`` that
+        cannot be embedded: shorter than one WavLM frame (:func:`min_input_samples`), NaN or
+        infinite samples, digitally silent or constant."""
+        config = self.mods.embedder.backbone.config
+        check_signal(signal, what, int(self.hparams.sample_rate), min_input_samples(config))
+
     def encode_batch(self, wavs, wav_lens=None):
         """L2-normalised speaker embeddings ``[B, D]`` of ``wavs [B, T]`` at ``sample_rate``
-        (``wav_lens``: SpeechBrain relative lengths, default all 1)."""
+        (``wav_lens``: SpeechBrain relative lengths of zero-padded inputs, default all 1; each
+        input's embedding is the one it gets alone, whatever else is in the batch). An input
+        that cannot be embedded (see :meth:`check_signal`) is a ``ValueError``."""
         if wavs.dim() == 1:
             wavs = wavs.unsqueeze(0)
         wavs = wavs.to(self.device, torch.float32)
         if wav_lens is None:
             wav_lens = torch.ones(wavs.shape[0], device=self.device)
         wav_lens = wav_lens.to(self.device)
+        samples = torch.round(wav_lens * wavs.shape[1]).long().tolist()
+        for i, n in enumerate(samples):
+            self.check_signal(wavs[i, :n], f"Input {i} of the batch")
         chunk = int(self.hparams.chunk_seconds * self.hparams.sample_rate)
         with torch.no_grad():
             emb = embed_in_chunks(self.mods.embedder, wavs, wav_lens, chunk)
@@ -456,7 +526,9 @@ class WavLMSpeakerInterface(Pretrained):
 
     def encode_file(self, path):
         """L2-normalised embedding ``[D]`` of an audio file (any rate and channel count)."""
-        return self.encode_batch(self.read_audio(path).unsqueeze(0))[0]
+        signal = self.read_audio(path)
+        self.check_signal(signal, f"Audio file {path}")
+        return self.encode_batch(signal.unsqueeze(0))[0]
 
     # ----------------------------------------------------------------- verification ---
     def _threshold(self, threshold):
@@ -496,7 +568,9 @@ class WavLMSpeakerInterface(Pretrained):
 
     def classify_file(self, path, topk=5):
         """``[(speaker, score), ...]``: the ``topk`` most likely training speakers, best first."""
-        scores, labels = self.classify_batch(self.read_audio(path).unsqueeze(0), topk=topk)
+        signal = self.read_audio(path)
+        self.check_signal(signal, f"Audio file {path}")
+        scores, labels = self.classify_batch(signal.unsqueeze(0), topk=topk)
         return list(zip(labels[0], scores[0].tolist(), strict=True))
 
     def forward(self, wavs, wav_lens=None):

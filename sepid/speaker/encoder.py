@@ -16,6 +16,7 @@ import logging
 import warnings
 
 import torch
+import torch.nn.functional as F
 from speechbrain.lobes.models.ECAPA_TDNN import AttentiveStatisticsPooling
 from speechbrain.utils.checkpoints import (
     mark_as_loader,
@@ -114,17 +115,41 @@ class MaskedGroupNormConvLayer(WavLMGroupNormConvLayer):
         if samples is None:
             hidden_states = self.layer_norm(hidden_states)
         else:
-            stride, kernel = self.conv.stride[0], self.conv.kernel_size[0]
-            total = hidden_states.shape[-1]
-            frames = torch.div(samples - kernel, stride, rounding_mode="floor") + 1
-            rows = []
-            for b, n in enumerate(frames.clamp(min=1, max=total).tolist()):
-                # the utterance's own frames, normalised as if it were alone; the padded frames
-                # after them (which no valid output frame depends on) are zeros
-                valid = self.layer_norm(hidden_states[b : b + 1, :, :n])
-                rows.append(nn.functional.pad(valid, (0, total - n)))
-            hidden_states = torch.cat(rows)
+            hidden_states = self.masked_norm(hidden_states, samples)
         return self.activation(hidden_states)
+
+    def masked_norm(self, hidden_states, samples):
+        """The GroupNorm (one group per channel) of ``hidden_states [B, C, T]`` with each row's
+        statistics over its first ``conv_out(samples[b])`` frames; the frames after them (which
+        no valid output frame depends on) are normalised with the same statistics."""
+        stride, kernel = self.conv.stride[0], self.conv.kernel_size[0]
+        batch, channels, total = hidden_states.shape
+        frames = torch.div(samples - kernel, stride, rounding_mode="floor") + 1
+        frames = frames.clamp(min=1, max=total).tolist()
+        norm = self.layer_norm
+        if torch.is_grad_enabled() and hidden_states.requires_grad:
+            # a trained feature encoder: the gradient goes through the statistics too
+            rows = [
+                F.pad(norm(hidden_states[b : b + 1, :, :n]), (0, total - n))
+                for b, n in enumerate(frames)
+            ]
+            return torch.cat(rows)
+        stats = [
+            torch.var_mean(hidden_states[b, :, :n], dim=-1, unbiased=False)
+            for b, n in enumerate(frames)
+        ]
+        # one pass over the tensor: batch_norm with given statistics, one "channel" per row and
+        # channel (these first-layer features are the largest tensor in WavLM)
+        normed = F.batch_norm(
+            hidden_states.reshape(1, batch * channels, total),
+            torch.cat([m for _, m in stats]),
+            torch.cat([v for v, _ in stats]),
+            norm.weight.repeat(batch),
+            norm.bias.repeat(batch),
+            training=False,
+            eps=norm.eps,
+        )
+        return normed.reshape(batch, channels, total)
 
 
 class MaskedWavLMModel(WavLMModel):
@@ -326,6 +351,13 @@ class WavLMSpeakerEncoder(nn.Module):
         """
         if wav_lens is None:
             wav_lens = torch.ones(wavs.shape[0], device=wavs.device)
+        shortest = int(torch.round(wav_lens * wavs.shape[1]).min()) if wavs.numel() else 0
+        need = min_input_samples(self.backbone.config)
+        if shortest < need:
+            raise ValueError(
+                f"An input of {shortest} samples is shorter than one WavLM frame ({need} samples, "
+                f"{need / 16000:.3f} s at 16 kHz): leave such utterances out of the manifest."
+            )
         frame_lens = self.frame_lengths(wavs, wav_lens)
         if pretrained_only:
             with lora_disabled(self.backbone):

@@ -127,6 +127,45 @@ def test_round_trip_gives_the_training_modules_outputs(joint_run, exported, mixt
             )
 
 
+def test_padded_mixtures_in_a_batch_give_what_each_gives_alone(model, mixture):
+    """separate_batch with ``mix_lens`` (issue 18): a mixture zero-padded in a batch (here to 4x
+    its length) gets the sources, speakers and embeddings it gets alone."""
+    mix = model.read_audio(mixture[0], sample_rate=8000)
+    short = mix[: mix.shape[0] // 4]
+    batch = torch.zeros(2, mix.shape[0])
+    batch[0], batch[1, : short.shape[0]] = mix, short
+    together = model.separate_batch(batch, torch.tensor([1.0, short.shape[0] / mix.shape[0]]))
+    for signal, got in zip((mix, short), together, strict=True):
+        alone = model.separate_batch(signal.unsqueeze(0))[0]
+        for a, b in zip(alone, got, strict=True):
+            assert b.signal.shape == a.signal.shape == signal.shape
+            torch.testing.assert_close(b.signal, a.signal, atol=SIGNAL_ATOL, rtol=0)
+            assert float(a.embedding @ b.embedding) >= 0.99999
+            assert b.speaker == a.speaker
+            assert b.score == pytest.approx(a.score, abs=1e-5)
+
+
+def test_mixtures_that_cannot_be_separated_are_clear_errors(model, tmp_path):
+    """Issue 22 items 5 and 13: a silent file is neither separated into named speakers nor
+    accepted for enrolment; a mixture too short for one frame of the speaker branch says the
+    minimum (25 ms) instead of a kernel-size error; NaN samples are refused."""
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, torch.zeros(16000).numpy(), 16000, subtype="FLOAT")
+    with pytest.raises(ValueError, match="digitally silent or constant") as error:
+        model.separate_file(silent)
+    assert str(silent) in str(error.value)
+    with pytest.raises(ValueError, match=f"Audio file {re.escape(str(silent))} is digitally"):
+        model.enrol({"alice": [silent]})
+    short = tmp_path / "short.wav"
+    sf.write(short, (0.1 * torch.randn(80)).numpy(), 8000, subtype="FLOAT")  # 10 ms
+    with pytest.raises(ValueError, match=r"80 samples .*at least 200 samples \(0.025 s at 8000"):
+        model.separate_file(short)
+    mixtures = 0.1 * torch.randn(2, 8000)
+    mixtures[1, 100] = float("nan")
+    with pytest.raises(ValueError, match="Mixture 1 of the batch contains NaN"):
+        model.separate_batch(mixtures)
+
+
 def test_separate_file_writes_named_sources(model, mixture, tmp_path):
     path, _ = mixture
     out = tmp_path / "out"

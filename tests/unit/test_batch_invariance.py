@@ -157,3 +157,24 @@ def test_base_plus_shaped_model_padded_equals_alone():
     assert WavLMConfig(**BASE_PLUS).feat_extract_norm == "group"
     embedder = interface_embedder(BASE_PLUS)
     assert_batch_invariant(embedder, [2400, 4000], factors=(8,))
+
+
+def test_masked_group_norm_trains_through_its_statistics():
+    """With a trained feature encoder (``freeze_feature_encoder: False``) the masked GroupNorm
+    takes each row's own GroupNorm (gradient through the statistics); it equals the one-pass
+    inference form."""
+    torch.manual_seed(0)
+    config = WavLMConfig(**TINY_WAVLM)
+    layer = interface.MaskedGroupNormConvLayer(config, layer_id=0)
+    layer.layer_norm.weight.data.uniform_(0.5, 1.5)
+    layer.layer_norm.bias.data.uniform_(-0.5, 0.5)
+    wavs = torch.randn(3, 4000)
+    layer.valid_samples = torch.tensor([4000, 2500, 1000])
+    with torch.no_grad():
+        inference = layer(wavs[:, None])
+    trained = layer(wavs[:, None].requires_grad_())
+    trained.sum().backward()
+    frames = [799, 499, 199]  # (samples - 10) // 5 + 1
+    for b, n in enumerate(frames):
+        torch.testing.assert_close(trained[b, :, :n], inference[b, :, :n])
+    assert layer.conv.weight.grad.abs().sum() > 0
