@@ -4,8 +4,10 @@ Implements just what ``huggingface_hub`` (2.4) needs for ``create_repo``, ``crea
 ``upload_folder`` (``preupload`` answers ``regular`` for every file, so the content comes inline
 in the NDJSON commit call, base64) and ``hf_hub_download`` (``HEAD``/``GET .../resolve/<rev>/<file>``
 with ``ETag``, ``X-Repo-Commit`` and ``Content-Length``). Writes need ``Authorization: Bearer
-<token>``; every request's headers (lower-case names) are kept in ``requests`` so a test can
-check what was sent.
+<token>``, and so do reads of a repo created private (401 otherwise, as the Hub answers);
+``fail_commits = n`` answers the next ``n`` commit calls with 500 (a failure mid-upload, after
+the repo and the pre-upload). Every request's headers (lower-case names) are kept in
+``requests`` so a test can check what was sent.
 
     with HubServer(token="hf_test") as hub:   # hub.url -> HF_ENDPOINT
         ...
@@ -40,6 +42,8 @@ class HubServer:
     def __init__(self, token):
         self.token = token
         self.repos = {}
+        self.private = set()  # repo ids created with private=True
+        self.fail_commits = 0
         self.requests = []  # (method, path, headers)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -72,12 +76,15 @@ class HubServer:
         assert {k: hashlib.sha256(v).hexdigest() for k, v in files.items()} == listing(out)
         return push
 
-    def load(self, code, hf_home, *args):
+    def load(self, code, hf_home, *args, token=False, check=True):
         """Runs ``python -c code *args`` from the repository root as a user who loads a model by
-        its Hub id: this server as ``HF_ENDPOINT``, an empty ``HF_HOME``, no token; asserts it
-        succeeds; returns the process."""
+        its Hub id: this server as ``HF_ENDPOINT``, an empty ``HF_HOME``, no token (or this
+        server's in ``HF_TOKEN`` with ``token=True``); asserts it succeeds unless
+        ``check=False``; returns the process."""
         env = {**os.environ, "HF_ENDPOINT": self.url, "HF_HOME": hf_home}
         env.pop("HF_TOKEN", None)
+        if token:
+            env["HF_TOKEN"] = self.token
         proc = subprocess.run(
             [sys.executable, "-c", code, *map(str, args)],
             cwd=ROOT,
@@ -85,7 +92,8 @@ class HubServer:
             capture_output=True,
             text=True,
         )
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        if check:
+            assert proc.returncode == 0, proc.stderr[-3000:]
         return proc
 
     def _handler(self):
@@ -127,6 +135,8 @@ class HubServer:
                     req = json.loads(data)
                     repo = f"{req.get('organization') or 'user'}/{req['name']}"
                     hub.repos.setdefault(repo, {"main": {}})
+                    if req.get("private") or req.get("visibility") == "private":
+                        hub.private.add(repo)
                     return self.reply(200, {"url": f"{hub.url}/{repo}", "name": repo})
                 if path == "/api/validate-yaml":  # the README metadata: accepted as it is
                     return self.reply(200, {"errors": [], "warnings": []})
@@ -148,6 +158,9 @@ class HubServer:
                     ]
                     return self.reply(200, {"files": modes})
                 if action == "commit":
+                    if hub.fail_commits > 0:
+                        hub.fail_commits -= 1
+                        return self.reply(500, {"error": "Internal Error (stand-in: failed)"})
                     if rev not in revs:
                         return self.reply(
                             404,
@@ -179,6 +192,8 @@ class HubServer:
                 if len(parts) < 6 or parts[3] != "resolve":
                     return self.reply(404, {"error": "not implemented"})
                 repo, rev, name = "/".join(parts[1:3]), parts[4], "/".join(parts[5:])
+                if repo in hub.private and not self.authorised():
+                    return
                 files = hub.repos.get(repo, {}).get(rev)
                 if files is None:
                     return self.reply(
@@ -202,3 +217,43 @@ class HubServer:
                 )
 
         return Handler
+
+
+class SilentServer:
+    """A server on 127.0.0.1 that accepts every connection and never answers (what a hung Hub or
+    proxy looks like to a client); ``url`` for ``HF_ENDPOINT``. ``accepted`` counts connections."""
+
+    def __init__(self):
+        import socket
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.held = []  # open connections, never answered
+        self.stop = threading.Event()
+
+    @property
+    def accepted(self):
+        return len(self.held)
+
+    def _serve(self):
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:  # closed
+                return
+            self.held.append(conn)
+
+    def __enter__(self):
+        threading.Thread(target=self._serve, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        for conn in self.held:
+            conn.close()
+        self.sock.close()

@@ -295,5 +295,5 @@ if __name__ == "__main__":
         "To use or publish this model: python pretrained_interfaces/export.py %s --out %s "
         "[--push user/repo]",
         hparams["output_folder"],
-        f"{hparams['output_folder']}/exported",
+        f"{hparams['output_folder']}-export",
     )

@@ -187,5 +187,5 @@ if __name__ == "__main__":
         "To use or publish this model: python pretrained_interfaces/export.py %s --out %s "
         "[--push user/repo] (after recipes/speaker/evaluate.py: metrics and the threshold)",
         hparams["output_folder"],
-        f"{hparams['output_folder']}/exported",
+        f"{hparams['output_folder']}-export",
     )

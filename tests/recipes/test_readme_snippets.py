@@ -1,8 +1,13 @@
 """The README's "Use a trained model" Python snippets run as written against the tiny exported
-models, with real LibriSpeech files in place of the example paths, so the README stays true."""
+models, with real LibriSpeech files in place of the example paths, and its "Publish" section's
+commands and snippets run against the local Hub stand-in (tests/hub_server.py), so the README
+stays true."""
 
 import csv
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,6 +16,7 @@ import torch
 
 from pretrained_interfaces.export import export_speaker
 from tests.helpers import CORPUS, ROOT, held_out_test_mixtures
+from tests.hub_server import HubServer
 
 SECTION = "## Use a trained model"
 SPEAKER_FILES = {  # example path in the README -> a real file (same speaker for a and b)
@@ -25,13 +31,13 @@ ENROLMENT = {  # the joint snippet's enrolment examples -> utterances of two tra
 }
 
 
-def snippets():
-    """The ```python blocks of the README's "Use a trained model" section."""
+def snippets(section=SECTION, language="python"):
+    """The ```python (or other ``language``) blocks of a section of the README."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    start = text.index(SECTION)
-    end = text.find("\n## ", start + len(SECTION))
+    start = text.index(section)
+    end = text.find("\n## ", start + len(section))
     section = text[start : end if end >= 0 else None]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
 
 
 def substitute(code, paths):
@@ -86,3 +92,57 @@ def test_readme_snippets_run(speaker_folder, speaker_experiment, request, tmp_pa
     if "exported/joint" in paths:
         written = list(Path(paths["out/"]).glob("*.wav"))
         assert len(written) >= 2  # each source of the mixture, named by its speaker
+
+
+PUBLISH = "## Publish"
+TOKEN = "hf_readme_secret_0123456789"
+
+
+def test_publish_section_runs_against_the_hub_stand_in(
+    speaker_experiment, joint_run, tmp_path, request
+):
+    """The "Publish" commands (export + push of both models, then --push-only) with the tiny runs
+    in place of results/..., then its Python blocks as a Hub user (empty cache, HF_TOKEN set)."""
+    run, _ = joint_run
+    paths = {
+        # the tiny run was not evaluated: the threshold evaluate.py would have measured
+        "results/wavlm-lora-arcface/1986": f"{speaker_experiment} --threshold 0.5",
+        "results/sepformer-wavlm-speaker/1986": run,
+        "exported/spk": tmp_path / "spk",
+        "exported/joint": tmp_path / "joint",
+    }
+    commands = [
+        c for block in snippets(PUBLISH, "bash") for c in block.replace("\\\n", " ").splitlines()
+    ]
+    commands = [c for c in commands if c.strip() and not c.startswith("export HF_TOKEN")]
+    assert any("--push-only" in c for c in commands) and len(commands) == 3
+    with HubServer(token=TOKEN) as hub:
+        env = {
+            **os.environ,
+            "HF_ENDPOINT": hub.url,
+            "HF_TOKEN": TOKEN,
+            "HF_HOME": str(tmp_path / "hf-push"),
+        }
+        for command in commands:
+            for example, real in paths.items():
+                command = command.replace(example, str(real))
+            proc = subprocess.run(
+                ["bash", "-c", command], cwd=ROOT, env=env, capture_output=True, text=True
+            )
+            assert proc.returncode == 0, f"{command}\n{proc.stderr[-3000:]}"
+            assert TOKEN not in proc.stdout + proc.stderr
+        assert {"me/wavlm-lora-spk", "me/sepformer-wavlm-spk"} <= hub.private
+        mixtures = held_out_test_mixtures(speaker_experiment, tmp_path / "mix", 1)
+        with open(mixtures / "test.csv", newline="") as f:
+            mix = next(csv.DictReader(f))["mix_wav"].replace("$data_root", str(mixtures))
+        files = {**SPEAKER_FILES, "mixture.wav": mix, "out/": tmp_path / "out"}
+        blocks = snippets(PUBLISH)
+        assert any("FetchConfig(token=True" in b for b in blocks)
+        assert any(".from_hparams(" in b and "hf_hub_download" in b for b in blocks)
+        for i, block in enumerate(blocks):
+            code = substitute(block, files) + "\nprint('ran block', " + str(i) + ")\n"
+            proc = hub.load(code, str(tmp_path / f"hf-load-{i}"), token=True)
+            assert f"ran block {i}" in proc.stdout
+            assert TOKEN not in proc.stdout + proc.stderr
+    assert len(list((tmp_path / "out").glob("*.wav"))) >= 2
+    shutil.rmtree(tmp_path / "out")
