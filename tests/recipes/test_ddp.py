@@ -15,24 +15,23 @@ def test_torchrun_two_processes_train_and_evaluate(tmp_path, speaker_recipe, mon
     ddp = ["-m", "torch.distributed.run", "--nproc_per_node=2"]
     train, evaluate = "recipes/speaker/train.py", "recipes/speaker/evaluate.py"
     out, gloo = f"--output_folder={tmp_path}", "--distributed_backend=gloo"
-    # one utterance a batch: zero-padding in a batch shifts WavLM's group-norm features a little,
-    # so scores depend on batch composition, which differs between one process and a shard
-    one_by_one = "--eval_batch_size=1"
+    # at the YAML's eval_batch_size: a shard's batches hold other utterances than one process's,
+    # and an utterance's embedding does not depend on its batch (issue 18)
     run_script([*ddp, *speaker_recipe.command(train, gloo, out, "--number_of_epochs=1")])
     assert len((tmp_path / "train_log.txt").read_text().strip().splitlines()) == 1
-    run_script([*ddp, *speaker_recipe.command(evaluate, gloo, out, one_by_one)])
+    run_script([*ddp, *speaker_recipe.command(evaluate, gloo, out)])
     result = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert result["models"]["finetuned"]["verification"]["cosine"]["n_target"] > 0
     cache = torch.load(tmp_path / "eval" / "embeddings_finetuned.pt", weights_only=True)
     assert len(cache["ids"]) == len(set(cache["ids"])) == 75  # 50 eval + 25 train-speaker utts
     # a single-process rerun finds every embedding in the cache the two ranks wrote
-    log = run_script(speaker_recipe.command(evaluate, out, one_by_one))
+    log = run_script(speaker_recipe.command(evaluate, out))
     assert "75 utterances, 75 cached, 0 to embed" in log
     # one process from scratch (no cache, one thread as each rank had) scores every trial as the
     # two ranks did
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     alone = tmp_path / "eval-one-process"
-    run_script(speaker_recipe.command(evaluate, out, one_by_one, f"--eval_folder={alone}"))
+    run_script(speaker_recipe.command(evaluate, out, f"--eval_folder={alone}"))
     two_ranks, one = (
         read_csv(tmp_path / "eval" / "scores_verification.csv"),
         read_csv(alone / "scores_verification.csv"),
