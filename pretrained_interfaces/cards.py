@@ -287,7 +287,9 @@ def model_card(
     lines = [
         f"# {title}",
         "",
-        f"Speaker embeddings for verification and identification: {speaker_training_text(hparams)}, "
+        "Speaker embeddings for verification and identification with a "
+        f"{'frozen' if hparams.get('freeze_backbone', True) else 'fine-tuned'} WavLM "
+        f"({speaker_training_text(hparams)}), "
         f"{hparams.get('pooling')} pooling, a {hparams.get('embedding_dim')}-dimensional "
         f"embedding trained with an ArcFace (additive angular margin) head on {n_speakers} "
         "speakers. Audio is mono 16 kHz; other rates and channel counts are converted on load.",
