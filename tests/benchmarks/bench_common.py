@@ -1,5 +1,6 @@
 """What every benchmark script records with its numbers, and how it writes them."""
 
+import ctypes
 import importlib.util
 import json
 import os
@@ -7,6 +8,7 @@ import platform
 import resource
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -73,3 +75,52 @@ def write_result(out, result, machine=None):
     out.write_text(text)
     sys.stdout.write(text)
     return result
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+_LIBC = ctypes.CDLL("libc.so.6")
+_LIBC.mallinfo2.restype = _Mallinfo2
+
+
+def heap_bytes():
+    """Bytes glibc has handed out and not taken back: in-use arena chunks + mmapped blocks."""
+    info = _LIBC.mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+class HeapPeak:
+    """Samples :func:`heap_bytes` every millisecond in a thread (torch releases the GIL in its
+    kernels) and keeps the maximum."""
+
+    def __enter__(self):
+        self.peak = heap_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, heap_bytes())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, heap_bytes())

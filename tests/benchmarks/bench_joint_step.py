@@ -19,15 +19,14 @@ peak RSS is its own. Per case it records:
   it because glibc keeps freed memory for reuse;
 * ``model_gib``: the heap after building the model and optimizer, before any step;
 * ``saved_for_backward_gib`` by module (no checkpointing only): the bytes autograd keeps for the
-  backward pass, attributed to the top-level module whose forward produced them (separator
-  encoder, masknet, decoder, speaker encoder, classifier), i.e. which part holds the memory.
+  backward pass (each storage once), attributed to the top-level module whose forward saved them
+  (separator encoder, masknet, decoder, speaker encoder, classifier): which part holds the memory.
 
 Run: ``python tests/benchmarks/bench_joint_step.py [--configs tiny default] [--batch_sizes 1 2]``
 Writes ``tests/benchmarks/results/joint_step.json``. A benchmark, never a timed test.
 """
 
 import argparse
-import ctypes
 import functools
 import json
 import resource
@@ -35,7 +34,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -43,7 +41,7 @@ import speechbrain as sb
 import torch
 
 # sibling module (the script folder is on sys.path)
-from bench_common import REPO, load_script, write_result
+from bench_common import REPO, HeapPeak, heap_bytes, load_script, write_result
 
 GIB = 2**30
 YAML = REPO / "hparams/sepformer-wavlm-speaker.yaml"
@@ -56,55 +54,6 @@ SIZE_KEYS = {  # sepid.tiny's SepFormer sizes -> the joint YAML's keys
     "chunk": "chunk_size",
 }
 MODULES = ("separator_encoder", "masknet", "separator_decoder", "speaker_encoder", "classifier")
-
-
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
-_LIBC = ctypes.CDLL("libc.so.6")
-_LIBC.mallinfo2.restype = _Mallinfo2
-
-
-def heap_bytes():
-    """Bytes glibc has handed out and not taken back: in-use arena chunks + mmapped blocks."""
-    info = _LIBC.mallinfo2()
-    return info.uordblks + info.hblkhd
-
-
-class HeapPeak:
-    """Samples :func:`heap_bytes` every millisecond in a thread (torch releases the GIL in its
-    kernels) and keeps the maximum."""
-
-    def __enter__(self):
-        self.peak = heap_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.wait(0.001):
-            self.peak = max(self.peak, heap_bytes())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, heap_bytes())
 
 
 def build_brain(config, checkpointing, work, n_speakers=100):
@@ -183,9 +132,13 @@ def saved_by_module(brain, batch):
         hooks.append(module.register_forward_pre_hook(functools.partial(enter, name=name)))
         hooks.append(module.register_forward_hook(leave))
 
+    seen = set()  # a storage saved twice (or through several views) is held once
+
     def pack(t):
-        if owner:
-            totals[owner[-1]] += t.untyped_storage().nbytes()
+        storage = t.untyped_storage()
+        if owner and storage.data_ptr() not in seen:
+            seen.add(storage.data_ptr())
+            totals[owner[-1]] += storage.nbytes()
         return t
 
     try:
