@@ -27,6 +27,7 @@ The class extends ``WavLMSpeakerInterface``: ``encode_file``, ``verify_files`` a
 import logging
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from speechbrain.inference.separation import SepformerSeparation
 # >>> speaker interface (export.py inlines pretrained_interfaces/speaker/custom_interface.py here)
 from pretrained_interfaces.speaker.custom_interface import (  # noqa: F401 (names the YAML uses)
     BaseWeights,
+    CheckedPretrainer,
     WavLMSpeakerEmbedder,
     WavLMSpeakerInterface,
     _resampler,
@@ -176,12 +178,29 @@ class SepformerSpeakerInterface(WavLMSpeakerInterface):
         if speakers is None:
             self.enrolled = None
             return {}
+        if not isinstance(speakers, Mapping):
+            raise TypeError(
+                "enrol() takes a mapping {name: [audio files]}, e.g. "
+                f"enrol({{'alice': ['alice1.wav'], 'bob': ['bob.wav']}}), not a "
+                f"{type(speakers).__name__}: name each speaker's files."
+            )
         if not speakers or any(not files for files in speakers.values()):
             raise ValueError("enrol() takes {name: [audio files]} with at least one file each.")
         if UNKNOWN in speakers:
             raise ValueError(
                 f'"{UNKNOWN}" names outputs below the enrolment threshold; enrol that speaker '
                 "under another name."
+            )
+        by_file_name = {_safe_name(UNKNOWN): [UNKNOWN]}
+        for name in speakers:
+            by_file_name.setdefault(_safe_name(name), []).append(name)
+        clashes = [names for names in by_file_name.values() if len(names) > 1]
+        if clashes:
+            raise ValueError(
+                f"Speaker names {' and '.join(repr(str(n)) for n in clashes[0])} give the same "
+                f"output file name ({_safe_name(clashes[0][0])!r}: separate_file writes "
+                "<file>_<i>_<name>.wav, with characters other than letters, digits, '.', '-' and "
+                "'_' replaced): rename one of them."
             )
         if threshold is None:
             threshold = self.hparams.enrol_threshold

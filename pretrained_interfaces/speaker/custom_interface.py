@@ -22,6 +22,8 @@ weights plus the LoRA adapters (``export.py --adapters``).
 import contextlib
 import functools
 import logging
+import pickle
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -30,9 +32,17 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 import torchaudio
+from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.inference.interfaces import Pretrained
 from speechbrain.lobes.models.ECAPA_TDNN import AttentiveStatisticsPooling
-from speechbrain.utils.checkpoints import mark_as_transfer, register_checkpoint_hooks
+from speechbrain.utils.checkpoints import (
+    DEFAULT_TRANSFER_HOOKS,
+    get_default_hook,
+    mark_as_transfer,
+    register_checkpoint_hooks,
+    torch_parameter_transfer,
+)
+from speechbrain.utils.parameter_transfer import Pretrainer
 from torch import nn
 from torch.nn.utils import parametrize
 from transformers import WavLMConfig, WavLMModel
@@ -44,6 +54,11 @@ POOLINGS = ("mean", "attentive")
 # An input whose every sample lies within this of its mean is digitally silent or constant (DC):
 # all zeros once written as 16-bit PCM, the data prep's silence test (sepid.data.audio.SILENT_PEAK).
 SILENT_PEAK = 2.0**-16
+# what to do about a damaged file of a model folder
+DAMAGED_FIX = (
+    "the model folder is damaged: download it again, or export it again with "
+    "pretrained_interfaces/export.py <training output folder> --out <folder> --overwrite"
+)
 
 
 class LoRAParametrization(nn.Module):
@@ -204,10 +219,78 @@ def _load_tensors(path):
     # by content, not name: the Pretrainer links files under its own names (base_model.ckpt)
     # and the Hub cache stores them under their hash; safetensors opens with a JSON header.
     if len(head) == 9 and head[8:9] == b"{":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = load_file(str(path), device="cpu")
+        except SafetensorError as err:
+            raise ValueError(
+                f"{path} is not a readable weight file ({err}): {DAMAGED_FIX}."
+            ) from err
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+            # a truncated or empty file: the zip reader's RuntimeError, EOFError, a cut pickle
+            raise ValueError(
+                f"{path} is not a readable weight file ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else 'empty'}): {DAMAGED_FIX}."
+            ) from err
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors: {DAMAGED_FIX}.")
+    return state
+
+
+def _check_state(expected, state, path):
+    """A ``ValueError`` naming ``path`` unless ``state`` has exactly the keys of ``expected``
+    (key -> tensor) with the same shapes."""
+    _check_keys(set(expected), set(state), path)
+    wrong = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if wrong:
+        raise ValueError(
+            f"{path} does not match hyperparams.yaml ({len(wrong)} tensors of another shape, e.g. "
+            f"{wrong[:3]} (file vs model)): {DAMAGED_FIX}."
+        )
+
+
+def _load_module_strictly(module, path):
+    """Loads a torch module's ``.ckpt``: every key present, none unexpected, same shapes
+    (SpeechBrain's own transfer warns per key and keeps random weights)."""
+    state = _load_tensors(path)
+    _check_state(module.state_dict(), state, path)
+    module.load_state_dict(state)
+
+
+def _load_label_encoder(encoder, path):
+    try:
+        encoder.load(path)
+    except (KeyError, ValueError, SyntaxError) as err:
+        # a cut file lacks the trailing "starting_index", or ends inside a line
+        raise ValueError(
+            f"{path} is not a complete label encoder ({type(err).__name__}: {err}): {DAMAGED_FIX}."
+        ) from err
+
+
+class CheckedPretrainer(Pretrainer):
+    """SpeechBrain's ``Pretrainer``, strict: each torch module's file must hold exactly its
+    tensors (names and shapes), and a damaged file (truncated, empty, cut) is one ``ValueError``
+    naming it and the fix, never a random-weights model or a bare torch error."""
+
+    def _call_load_hooks(self, paramfiles):
+        for name, obj in self.loadables.items():
+            if name in self.custom_hooks:
+                continue
+            if get_default_hook(obj, DEFAULT_TRANSFER_HOOKS) is torch_parameter_transfer:
+                # a torch module without its own hook (the embedder's is strict already)
+                self.custom_hooks[name] = _load_module_strictly
+            elif isinstance(obj, CategoricalEncoder):
+                self.custom_hooks[name] = _load_label_encoder
+        super()._call_load_hooks(paramfiles)
 
 
 @register_checkpoint_hooks
@@ -319,7 +402,8 @@ class WavLMSpeakerEmbedder(nn.Module):
         a file that does not match the configuration in ``hyperparams.yaml`` is an error."""
         state = _load_tensors(path)
         expected = {k for k in self.state_dict() if not (self.lora and self._is_base_key(k))}
-        _check_keys(expected, set(state), path)
+        full = self.state_dict()
+        _check_state({k: full[k] for k in expected}, state, path)
         self.load_state_dict(state, strict=False)
 
 
@@ -367,7 +451,7 @@ def _check_keys(expected, found, path):
     if missing or unexpected:
         raise ValueError(
             f"{path} does not match hyperparams.yaml (missing {sorted(missing)[:3]}, "
-            f"unexpected {sorted(unexpected)[:3]}): export the model again."
+            f"unexpected {sorted(unexpected)[:3]}): {DAMAGED_FIX}."
         )
 
 
@@ -427,6 +511,17 @@ def _as_custom_interface(module):
             sys.modules["custom_interface"] = previous
 
 
+def _check_hparams_file(path):
+    """A ``ValueError`` naming ``path`` when the interface YAML lacks its top-level ``modules``
+    or ``pretrainer`` (a cut or emptied file; SpeechBrain would say ``KeyError: 'pretrainer'``)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    missing = [k for k in ("modules", "pretrainer") if not re.search(rf"^{k}:", text, re.M)]
+    if missing:
+        raise ValueError(
+            f"{path} is incomplete (no top-level {', '.join(missing)}): {DAMAGED_FIX}."
+        )
+
+
 class WavLMSpeakerInterface(Pretrained):
     """Speaker embeddings, verification and identification with a WavLM + LoRA + ArcFace model.
 
@@ -464,6 +559,7 @@ class WavLMSpeakerInterface(Pretrained):
                     "export it with pretrained_interfaces/export.py <training output folder> "
                     f"--out {path} --overwrite."
                 )
+            _check_hparams_file(path / hparams_file)
         elif (
             path.is_absolute() or str(source).startswith((".", "~")) or str(source).count("/") != 1
         ):

@@ -480,3 +480,37 @@ def test_export_refuses_to_overwrite(joint_run, tmp_path):
         with pytest.raises(FileExistsError, match="training run"):
             export_joint(run_folder=run, out=target, overwrite=True)
     assert sorted(p.relative_to(run.parent) for p in run.parent.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    "name, how",
+    [
+        ("masknet.ckpt", "empty"),
+        ("masknet.ckpt", "shape"),
+        ("encoder.ckpt", "half"),
+        ("masknet.ckpt", "zero"),
+        ("decoder.ckpt", "extra"),
+    ],
+)
+def test_damaged_or_mismatched_file_is_one_clear_error(exported, tmp_path, name, how):
+    """The separator's files are loaded as strictly as the speaker branch's (helper and the
+    speaker cases in test_speaker_interface.py)."""
+    from tests.recipes.test_speaker_interface import damage
+
+    broken = tmp_path / "broken"
+    shutil.copytree(exported, broken)
+    damage(broken / name, how)
+    message = rf"{re.escape(name)}.*(download it again|export it again)"
+    with pytest.raises(ValueError, match=message):
+        SepformerSpeakerInterface.from_hparams(source=str(broken))
+    with pytest.raises(ValueError, match=message):
+        load(broken)
+
+
+def test_enrol_says_what_to_pass_and_refuses_names_that_share_a_file_name(model, tmp_path):
+    files = sorted(CORPUS.rglob("*.flac"))[:1]
+    with pytest.raises(TypeError, match=r"mapping \{name: \[audio files\]\}"):
+        model.enrol(files)
+    with pytest.raises(ValueError, match=r"'a/b' and 'a_b'.*same output file name"):
+        model.enrol({"a/b": files, "a_b": files})
+    assert model.enrolled is None  # nothing half-enrolled

@@ -448,3 +448,62 @@ def test_overwrite_never_deletes_the_run_or_what_holds_it(run, tmp_path):
             check_output_target(out, run_folder=run, overwrite=True)
     with pytest.raises(FileExistsError, match="holds this repository"):
         check_output_target(REPOSITORY.parent, run_folder=run, overwrite=True)
+
+
+def damage(path, how):
+    """Breaks one file of a copied model folder as a bad download or a half-finished copy
+    would: ``empty`` (a valid but empty state dict), ``shape`` (its first tensor one row
+    longer), ``extra`` (an unexpected key), ``zero`` (0 bytes), ``half`` (cut in the middle)."""
+    if how == "zero":
+        path.write_bytes(b"")
+    elif how == "half":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if how == "empty":
+            state = {}
+        elif how == "shape":
+            key = next(k for k, v in state.items() if v.dim() > 0)
+            state[key] = torch.zeros(state[key].shape[0] + 1, *state[key].shape[1:])
+        else:
+            state["not_a_parameter.weight"] = torch.zeros(3)
+        torch.save(state, path)
+
+
+@pytest.mark.parametrize(
+    "name, how",
+    [
+        ("classifier.ckpt", "empty"),
+        ("classifier.ckpt", "shape"),
+        ("classifier.ckpt", "extra"),
+        ("embedder.ckpt", "shape"),
+        ("classifier.ckpt", "zero"),
+        ("classifier.ckpt", "half"),
+        ("embedder.ckpt", "half"),
+        ("embedder.ckpt", "zero"),
+        ("label_encoder.ckpt", "half"),
+        ("label_encoder.ckpt", "zero"),
+    ],
+)
+def test_damaged_or_mismatched_file_is_one_clear_error(exported_speaker, tmp_path, name, how):
+    """A file that does not hold exactly the module's tensors (SpeechBrain's transfer would warn
+    per key and keep random weights), or a truncated / empty one (a bare torch or KeyError
+    before), is one error naming the file and the fix, through both ways of loading."""
+    broken = tmp_path / "broken"
+    shutil.copytree(exported_speaker, broken)
+    damage(broken / name, how)
+    message = rf"{re.escape(name)}.*(download it again|export it again)"
+    with pytest.raises(ValueError, match=message):
+        WavLMSpeakerInterface.from_hparams(source=str(broken))
+    with pytest.raises(ValueError, match=message):
+        load(broken)
+
+
+@pytest.mark.parametrize("how", ["zero", "half"])
+def test_cut_hyperparams_is_one_clear_error(exported_speaker, tmp_path, how):
+    broken = tmp_path / "broken"
+    shutil.copytree(exported_speaker, broken)
+    damage(broken / "hyperparams.yaml", how)
+    with pytest.raises(ValueError, match=r"hyperparams\.yaml.*(download it again)"):
+        WavLMSpeakerInterface.from_hparams(source=str(broken))
