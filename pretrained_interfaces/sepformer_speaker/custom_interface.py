@@ -116,6 +116,10 @@ class SepformerSpeakerInterface(WavLMSpeakerInterface):
     """
 
     MODULES_NEEDED = ["encoder", "masknet", "decoder", "embedder", "classifier"]
+    THRESHOLD_HINT = (
+        "export the joint run again with --threshold, or from a speaker source exported after "
+        "recipes/speaker/evaluate.py (its threshold is carried over)"
+    )
     HPARAMS_NEEDED = WavLMSpeakerInterface.HPARAMS_NEEDED + [
         "separator_sample_rate",
         "num_spks",

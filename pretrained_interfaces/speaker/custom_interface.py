@@ -627,12 +627,15 @@ class WavLMSpeakerInterface(Pretrained):
         return self.encode_batch(signal.unsqueeze(0))[0]
 
     # ----------------------------------------------------------------- verification ---
+    # how a model exported without a threshold gets one
+    THRESHOLD_HINT = "run recipes/speaker/evaluate.py and export again"
+
     def _threshold(self, threshold):
         threshold = self.hparams.threshold if threshold is None else threshold
         if threshold is None:
             raise ValueError(
                 "This model was exported without a verification threshold (no evaluation "
-                "metrics): pass threshold=..., or run recipes/speaker/evaluate.py and export again."
+                f"metrics): pass threshold=..., or {self.THRESHOLD_HINT}."
             )
         return float(threshold)
 

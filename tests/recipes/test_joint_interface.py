@@ -514,3 +514,17 @@ def test_enrol_says_what_to_pass_and_refuses_names_that_share_a_file_name(model,
     with pytest.raises(ValueError, match=r"'a/b' and 'a_b'.*same output file name"):
         model.enrol({"a/b": files, "a_b": files})
     assert model.enrolled is None  # nothing half-enrolled
+
+
+def test_a_joint_model_without_threshold_says_how_a_joint_model_gets_one(exported, tmp_path):
+    """verify_files on a joint export without a threshold names the joint route (--threshold or a
+    speaker source exported after evaluation), not the speaker recipe's evaluate.py (issue 20)."""
+    folder = tmp_path / "no-threshold"
+    shutil.copytree(exported, folder)
+    text = (folder / "hyperparams.yaml").read_text()
+    (folder / "hyperparams.yaml").write_text(
+        re.sub(r"^threshold: .*$", "threshold: null", text, flags=re.M)
+    )
+    wav = sorted(CORPUS.rglob("*.flac"))[0]
+    with pytest.raises(ValueError, match="export the joint run again with --threshold"):
+        load(folder).verify_files(wav, wav)
