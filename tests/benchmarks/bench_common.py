@@ -124,3 +124,45 @@ class HeapPeak:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, heap_bytes())
+
+
+def emit_record(record):
+    """A case process's result, on stdout for :func:`run_case`."""
+    print("RECORD " + json.dumps(record), flush=True)
+
+
+def run_case(script, *options):
+    """Runs ``python script --child *options`` in a fresh process (its peak RSS its own) and
+    returns the record it emitted; raises with its stderr if it fails."""
+    cmd = [sys.executable, str(script), "--child", *map(str, options)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RECORD ")][-1]
+    record = json.loads(line[len("RECORD ") :])
+    print(record, flush=True)
+    return record
+
+
+def measure_steps(step, steps, modules):
+    """Times ``steps`` calls of ``step()`` after one warm-up call (optimizer state allocated),
+    sampling the live heap throughout; returns the record fields every step benchmark shares."""
+    gib = 2**30
+    model = heap_bytes()
+    step()
+    times = []
+    with HeapPeak() as peak:
+        for _ in range(steps):
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+    return {
+        "steps": steps,
+        "seconds_per_step": round(float(np.median(times)), 2),
+        "step_times": [round(t, 2) for t in times],
+        "model_gib": round(model / gib, 3),
+        "peak_heap_gib": round(peak.peak / gib, 3),
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "parameters": sum(p.numel() for p in modules.parameters()),
+        "trainable_parameters": sum(p.numel() for p in modules.parameters() if p.requires_grad),
+    }

@@ -28,20 +28,21 @@ Writes ``tests/benchmarks/results/joint_step.json``. A benchmark, never a timed 
 
 import argparse
 import functools
-import json
-import resource
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import speechbrain as sb
 import torch
 
 # sibling module (the script folder is on sys.path)
-from bench_common import REPO, HeapPeak, heap_bytes, load_script, write_result
+from bench_common import (
+    REPO,
+    emit_record,
+    load_script,
+    measure_steps,
+    run_case,
+    write_result,
+)
 
 GIB = 2**30
 YAML = REPO / "hparams/sepformer-wavlm-speaker.yaml"
@@ -158,34 +159,17 @@ def child(args):
     work = Path(tempfile.mkdtemp(prefix=f"bench-joint-{args.config}-"))
     brain, speakers = build_brain(args.config, args.checkpointing == "on", work)
     batch = make_batch(speakers, args.batch_size, args.seconds)
-    model = heap_bytes()
-    brain.fit_batch(batch)  # warm-up (optimizer state allocated)
-    times = []
-    with HeapPeak() as peak:
-        for _ in range(args.steps):
-            start = time.perf_counter()
-            brain.fit_batch(batch)
-            times.append(time.perf_counter() - start)
     record = {
         "config": args.config,
         "activation_checkpointing": args.checkpointing == "on",
         "batch_size": args.batch_size,
         "seconds": args.seconds,
-        "steps": args.steps,
-        "seconds_per_step": round(statistics.median(times), 2),
-        "step_times": [round(t, 2) for t in times],
-        "model_gib": round(model / GIB, 3),
-        "peak_heap_gib": round(peak.peak / GIB, 3),
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
-        "parameters": sum(p.numel() for p in brain.modules.parameters()),
-        "trainable_parameters": sum(
-            p.numel() for p in brain.modules.parameters() if p.requires_grad
-        ),
+        **measure_steps(lambda: brain.fit_batch(batch), args.steps, brain.modules),
         "optimizer_steps": brain.optimizer_step,
     }
     if args.checkpointing == "off" and args.attribute:
         record["saved_for_backward_gib"] = saved_by_module(brain, batch)
-    print("RECORD " + json.dumps(record), flush=True)
+    emit_record(record)
 
 
 def main():
@@ -209,10 +193,7 @@ def main():
     for config in args.configs:
         for batch_size in args.batch_sizes:
             for checkpointing in args.checkpointing:
-                cmd = [
-                    sys.executable,
-                    __file__,
-                    "--child",
+                options = [
                     f"--config={config}",
                     f"--batch_size={batch_size}",
                     f"--checkpointing={checkpointing}",
@@ -220,13 +201,8 @@ def main():
                     f"--seconds={args.seconds}",
                 ]
                 if batch_size == args.batch_sizes[0]:
-                    cmd.append("--attribute")
-                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-                if proc.returncode != 0:
-                    raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-                line = [x for x in proc.stdout.splitlines() if x.startswith("RECORD ")][-1]
-                records.append(json.loads(line[len("RECORD ") :]))
-                print(records[-1], flush=True)
+                    options.append("--attribute")
+                records.append(run_case(__file__, *options))
     ratios = {}
     for r in records:
         if r["activation_checkpointing"]:

@@ -14,19 +14,13 @@ Writes ``tests/benchmarks/results/speaker_step.json``. A benchmark, never a time
 """
 
 import argparse
-import json
-import resource
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 # sibling module (the script folder is on sys.path)
-from bench_common import REPO, HeapPeak, heap_bytes, write_result
+from bench_common import REPO, emit_record, measure_steps, run_case, write_result
 
 GIB = 2**30
 YAML = REPO / "hparams/wavlm-lora-arcface.yaml"
@@ -70,28 +64,13 @@ def child(args):
         hparams["compute_cost"](predictions, labels).backward()
         optimizer.step()
 
-    model = heap_bytes()
-    step()  # warm-up (optimizer state allocated)
-    times = []
-    with HeapPeak() as peak:
-        for _ in range(args.steps):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
     record = {
         "activation_checkpointing": args.checkpointing == "on",
         "batch_size": args.batch_size,
         "seconds": args.seconds,
-        "steps": args.steps,
-        "seconds_per_step": round(statistics.median(times), 2),
-        "step_times": [round(t, 2) for t in times],
-        "model_gib": round(model / GIB, 3),
-        "peak_heap_gib": round(peak.peak / GIB, 3),
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
-        "parameters": sum(p.numel() for p in modules.parameters()),
-        "trainable_parameters": sum(p.numel() for p in modules.parameters() if p.requires_grad),
+        **measure_steps(step, args.steps, modules),
     }
-    print("RECORD " + json.dumps(record), flush=True)
+    emit_record(record)
 
 
 def main():
@@ -111,21 +90,15 @@ def main():
     records = []
     for batch_size in args.batch_sizes:
         for checkpointing in args.checkpointing:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--child",
-                f"--batch_size={batch_size}",
-                f"--checkpointing={checkpointing}",
-                f"--steps={args.steps}",
-                f"--seconds={args.seconds}",
-            ]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-            line = [x for x in proc.stdout.splitlines() if x.startswith("RECORD ")][-1]
-            records.append(json.loads(line[len("RECORD ") :]))
-            print(records[-1], flush=True)
+            records.append(
+                run_case(
+                    __file__,
+                    f"--batch_size={batch_size}",
+                    f"--checkpointing={checkpointing}",
+                    f"--steps={args.steps}",
+                    f"--seconds={args.seconds}",
+                )
+            )
     write_result(args.out, {"cases": records})
 
 
