@@ -205,7 +205,8 @@ def sample_mask(wavs, wav_lens):
     """``(samples [B], mask [B, T] or None)`` from SpeechBrain relative lengths; ``mask`` is
     ``None`` when nothing is padded."""
     samples = torch.round(wav_lens * wavs.shape[1]).long()
-    if bool((samples >= wavs.shape[1]).all()):
+    # a meta tensor (device-placement tests) has no values to test: taken as unpadded
+    if wavs.is_meta or bool((samples >= wavs.shape[1]).all()):
         return samples, None
     return samples, torch.arange(wavs.shape[1], device=wavs.device)[None] < samples[:, None]
 
@@ -351,7 +352,10 @@ class WavLMSpeakerEncoder(nn.Module):
         """
         if wav_lens is None:
             wav_lens = torch.ones(wavs.shape[0], device=wavs.device)
-        shortest = int(torch.round(wav_lens * wavs.shape[1]).min()) if wavs.numel() else 0
+        if wavs.is_meta:  # no values to check (device-placement tests)
+            shortest = wavs.shape[1]
+        else:
+            shortest = int(torch.round(wav_lens * wavs.shape[1]).min()) if wavs.numel() else 0
         need = min_input_samples(self.backbone.config)
         if shortest < need:
             raise ValueError(

@@ -302,7 +302,7 @@ def test_speaker_branch_from_the_base_model(speaker_model, tmp_path, joint_recip
 
 @pytest.mark.parametrize("adapters", [False, True], ids=["merged", "adapters"])
 def test_speaker_branch_starts_as_the_exported_model(
-    speaker_experiment, exported_speaker, joint_recipe, tmp_path, adapters
+    speaker_experiment, exported_speaker, joint_recipe, tmp_path, adapters, tiny_wavlm
 ):
     """The Pretrainer loads the exported model into the YAML's speaker modules: before any
     training the branch embeds and classifies as the exported interface does. A merged export
@@ -318,8 +318,13 @@ def test_speaker_branch_starts_as_the_exported_model(
     hparams["pretrainer"].collect_files()
     hparams["pretrainer"].load_collected()
     hparams["prepare_speaker_branch"]()
+    # an adapters export of a local base model names it as a placeholder: the user passes the file
+    overrides = {"base_weights": str(tiny_wavlm / "model.safetensors")} if adapters else {}
     interface = foreign_class(
-        source=str(source), pymodule_file="custom_interface.py", classname="WavLMSpeakerInterface"
+        source=str(source),
+        pymodule_file="custom_interface.py",
+        classname="WavLMSpeakerInterface",
+        overrides=overrides,
     )
     wav = sf.read(CORPUS / "2414" / "2414-128291-0003.flac", dtype="float32")[0][:48000]
     wav = torch.from_numpy(wav).unsqueeze(0)
