@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
+GIB = 2**30
 
 
 def load_script(relative_path, name):
@@ -147,7 +148,6 @@ def run_case(script, *options):
 def measure_steps(step, steps, modules):
     """Times ``steps`` calls of ``step()`` after one warm-up call (optimizer state allocated),
     sampling the live heap throughout; returns the record fields every step benchmark shares."""
-    gib = 2**30
     model = heap_bytes()
     step()
     times = []
@@ -160,8 +160,8 @@ def measure_steps(step, steps, modules):
         "steps": steps,
         "seconds_per_step": round(float(np.median(times)), 2),
         "step_times": [round(t, 2) for t in times],
-        "model_gib": round(model / gib, 3),
-        "peak_heap_gib": round(peak.peak / gib, 3),
+        "model_gib": round(model / GIB, 3),
+        "peak_heap_gib": round(peak.peak / GIB, 3),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
         "parameters": sum(p.numel() for p in modules.parameters()),
         "trainable_parameters": sum(p.numel() for p in modules.parameters() if p.requires_grad),

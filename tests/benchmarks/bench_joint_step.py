@@ -17,7 +17,7 @@ peak RSS is its own. Per case it records:
 * ``peak_heap_gib``: the peak of glibc's live heap (``mallinfo2``: bytes in use in the arena plus
   mmapped blocks), sampled every millisecond by a thread during the timed steps. RSS stays above
   it because glibc keeps freed memory for reuse;
-* ``model_gib``: the heap after building the model and optimizer, before any step;
+* ``model_gib``: the heap after building the model, before any step (Adam's state comes later);
 * ``saved_for_backward_gib`` by module (no checkpointing only): the bytes autograd keeps for the
   backward pass (each storage once), attributed to the top-level module whose forward saved them
   (separator encoder, masknet, decoder, speaker encoder, classifier): which part holds the memory.
@@ -36,6 +36,7 @@ import torch
 
 # sibling module (the script folder is on sys.path)
 from bench_common import (
+    GIB,
     REPO,
     emit_record,
     load_script,
@@ -44,7 +45,6 @@ from bench_common import (
     write_result,
 )
 
-GIB = 2**30
 YAML = REPO / "hparams/sepformer-wavlm-speaker.yaml"
 SIZE_KEYS = {  # sepid.tiny's SepFormer sizes -> the joint YAML's keys
     "channels": "N_encoder_out",

@@ -22,7 +22,6 @@ import torch
 # sibling module (the script folder is on sys.path)
 from bench_common import REPO, emit_record, measure_steps, run_case, write_result
 
-GIB = 2**30
 YAML = REPO / "hparams/wavlm-lora-arcface.yaml"
 
 
