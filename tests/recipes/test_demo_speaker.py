@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 YAML = "hparams/wavlm-lora-arcface.yaml"
 OVERRIDES = "hparams/demo/speaker-overrides.yaml"
 STAGE = ("recipes/speaker/train.py", "recipes/speaker/evaluate.py")
-# Shorter than the demo (see README "Offline demo"): the first 50 training speakers, 20 epochs of
+# Shorter than the demo (see docs/demo.md): the first 50 training speakers, 20 epochs of
 # 1.5 s crops in batches of 8 (120 steps), no fbank baseline. Chosen, like the demo's settings,
 # on held-out train-clean-100 speakers (tests/benchmarks/bench_demo_speaker.py --split dev
 # --tag ci-s50 --n_train_speakers 50; its records are quoted below).

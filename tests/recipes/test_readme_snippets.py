@@ -1,7 +1,8 @@
-"""The README's "Use a trained model" Python snippets run as written against the tiny exported
-models, with real LibriSpeech files in place of the example paths, and its "Publish" section's
-commands and snippets run against the local Hub stand-in (tests/hub_server.py), so the README
-stays true."""
+"""The Markdown pages' code runs as written, so the pages stay true: the "Use a trained model"
+Python snippets (the top README's and docs/using-models.md's) against the tiny exported models,
+with real LibriSpeech files in place of the example paths, and docs/using-models.md's "Publish"
+commands and snippets against the local Hub stand-in (tests/hub_server.py). Every ```python block
+of every Markdown page of the repository is in a section that a test here runs."""
 
 import csv
 import os
@@ -17,9 +18,14 @@ import torch
 from pretrained_interfaces.export import export_speaker
 from tests.helpers import CORPUS, ROOT, held_out_test_mixtures
 from tests.hub_server import HubServer
+from tests.markdown import code_blocks, markdown_files, section, sections
 
-SECTION = "## Use a trained model"
-SPEAKER_FILES = {  # example path in the README -> a real file (same speaker for a and b)
+USE = {  # the "Use a trained model" sections -> the names their Python blocks must define
+    ("README.md", "## Use a trained model"): {"score", "same"},
+    ("docs/using-models.md", "## Use a trained model"): {"score", "same", "emb", "embs", "top"},
+}
+PUBLISH = ("docs/using-models.md", "## Publish")
+SPEAKER_FILES = {  # example path in a page -> a real file (same speaker for a and b)
     "a.wav": CORPUS / "1688" / "1688-142285-0007.flac",
     "b.wav": CORPUS / "1688" / "1688-142285-0008.flac",
 }
@@ -31,13 +37,9 @@ ENROLMENT = {  # the joint snippet's enrolment examples -> utterances of two tra
 }
 
 
-def snippets(section=SECTION, language="python"):
-    """The ```python (or other ``language``) blocks of a section of the README."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    start = text.index(section)
-    end = text.find("\n## ", start + len(section))
-    section = text[start : end if end >= 0 else None]
-    return re.findall(rf"```{language}\n(.*?)```", section, flags=re.S)
+def snippets(page, heading, language="python"):
+    """The ```python (or other ``language``) blocks of a ``## heading`` section of a page."""
+    return code_blocks(section(page, heading), language)
 
 
 def substitute(code, paths):
@@ -54,13 +56,23 @@ def speaker_folder(speaker_experiment, tmp_path_factory):
     return export_speaker(run_folder=speaker_experiment, out=out, threshold=0.5)
 
 
-def test_the_section_has_python_snippets():
-    blocks = snippets()
-    assert blocks and any("foreign_class" in b for b in blocks)
+def test_every_python_block_of_every_page_runs_here():
+    """A ```python block anywhere in the repository's Markdown is in a section run below (a new
+    one fails here until a test runs it), and every section run below still has its blocks."""
+    with_code = {
+        (page, heading)
+        for page in markdown_files()
+        for heading, text in sections(page).items()
+        if code_blocks(text)
+    }
+    assert with_code == set(USE) | {PUBLISH}
+    for page, heading in USE:
+        assert any("foreign_class" in b for b in snippets(page, heading))
 
 
-def test_readme_snippets_run(speaker_folder, speaker_experiment, request, tmp_path):
-    blocks = snippets()
+@pytest.mark.parametrize("page, heading", list(USE), ids=[p for p, _ in USE])
+def test_readme_snippets_run(page, heading, speaker_folder, speaker_experiment, request, tmp_path):
+    blocks = snippets(page, heading)
     paths = {"exported/spk": speaker_folder, **SPEAKER_FILES, **ENROLMENT}
     if any("exported/joint" in b for b in blocks):  # the joint model's snippet, when there is one
         mixtures = held_out_test_mixtures(speaker_experiment, tmp_path / "mix", 1)
@@ -79,29 +91,28 @@ def test_readme_snippets_run(speaker_folder, speaker_experiment, request, tmp_pa
         "wav_lens": torch.tensor([s.shape[0] / longest for s in signals]),
     }
     for i, block in enumerate(blocks):
-        exec(
-            compile(substitute(block, paths), f"README.md python block {i + 1}", "exec"), namespace
-        )
-    # what the speaker snippet promises
+        exec(compile(substitute(block, paths), f"{page} python block {i + 1}", "exec"), namespace)
+    # what the speaker snippets promise
+    assert USE[page, heading] <= namespace.keys()
     score, same = namespace["score"], namespace["same"]
     assert isinstance(score, float) and isinstance(same, bool)
-    assert namespace["emb"].dim() == 1 and abs(float(namespace["emb"].norm()) - 1) < 1e-5
-    assert namespace["embs"].shape == (2, namespace["emb"].shape[0])
-    top = namespace["top"]
-    assert len(top) == 5 and all(isinstance(s, str) and isinstance(v, float) for s, v in top)
+    if "emb" in USE[page, heading]:
+        assert namespace["emb"].dim() == 1 and abs(float(namespace["emb"].norm()) - 1) < 1e-5
+        assert namespace["embs"].shape == (2, namespace["emb"].shape[0])
+        top = namespace["top"]
+        assert len(top) == 5 and all(isinstance(s, str) and isinstance(v, float) for s, v in top)
     if "exported/joint" in paths:
         written = list(Path(paths["out/"]).glob("*.wav"))
         assert len(written) >= 2  # each source of the mixture, named by its speaker
 
 
-PUBLISH = "## Publish"
 TOKEN = "hf_readme_secret_0123456789"
 
 
 def test_publish_section_runs_against_the_hub_stand_in(
     speaker_experiment, joint_run, tmp_path, request
 ):
-    """The "Publish" commands (export + push of both models, then --push-only) with the tiny runs
+    """docs/using-models.md's "Publish" commands (export + push of both models, then --push-only) with the tiny runs
     in place of results/..., then its Python blocks as a Hub user (empty cache, HF_TOKEN set)."""
     run, _ = joint_run
     paths = {
@@ -112,7 +123,7 @@ def test_publish_section_runs_against_the_hub_stand_in(
         "exported/joint": tmp_path / "joint",
     }
     commands = [
-        c for block in snippets(PUBLISH, "bash") for c in block.replace("\\\n", " ").splitlines()
+        c for block in snippets(*PUBLISH, "bash") for c in block.replace("\\\n", " ").splitlines()
     ]
     commands = [c for c in commands if c.strip() and not c.startswith("export HF_TOKEN")]
     assert any("--push-only" in c for c in commands) and len(commands) == 3
@@ -136,7 +147,7 @@ def test_publish_section_runs_against_the_hub_stand_in(
         with open(mixtures / "test.csv", newline="") as f:
             mix = next(csv.DictReader(f))["mix_wav"].replace("$data_root", str(mixtures))
         files = {**SPEAKER_FILES, "mixture.wav": mix, "out/": tmp_path / "out"}
-        blocks = snippets(PUBLISH)
+        blocks = snippets(*PUBLISH)
         assert any("FetchConfig(token=True" in b for b in blocks)
         assert any(".from_hparams(" in b and "hf_hub_download" in b for b in blocks)
         for i, block in enumerate(blocks):
