@@ -53,6 +53,29 @@ def install_line():
     return "pip install " + " ".join(shlex.quote(p) for p in pins)
 
 
+def install_and_load(name, source, classname):
+    """A card's "Install" section and the start of its "Usage" block, up to loading the
+    interface as ``name``."""
+    return [
+        "## Install",
+        "",
+        "The exact versions this folder was exported and checked with (torch and torchaudio "
+        "must be a matched pair):",
+        "",
+        "```bash",
+        install_line(),
+        "```",
+        "",
+        "## Usage",
+        "",
+        "```python",
+        "from speechbrain.inference.interfaces import foreign_class",
+        "",
+        f'{name} = foreign_class(source="{source}", pymodule_file="custom_interface.py",',
+        f'{" " * (len(name) + 17)}classname="{classname}")',
+    ]
+
+
 def _dataset_key(folder):
     low = str(folder or "").lower()
     return next((key for key in KNOWN_DATASETS if key in low), None)
@@ -298,22 +321,7 @@ def model_card(
         f"{backbone.hidden_size}).",
         f"- Weights: {weights}",
         "",
-        "## Install",
-        "",
-        "The exact versions this folder was exported and checked with (torch and torchaudio "
-        "must be a matched pair):",
-        "",
-        "```bash",
-        install_line(),
-        "```",
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "from speechbrain.inference.interfaces import foreign_class",
-        "",
-        f'spk = foreign_class(source="{source}", pymodule_file="custom_interface.py",',
-        '                    classname="WavLMSpeakerInterface")',
+        *install_and_load("spk", source, "WavLMSpeakerInterface"),
         'score, same = spk.verify_files("a.wav", "b.wav")  # cosine score, score > threshold',
         'emb = spk.encode_file("a.wav")                     # L2-normalised embedding',
         'top = spk.classify_file("a.wav", topk=5)           # [(training speaker, score), ...]',
@@ -571,22 +579,7 @@ def joint_model_card(
         )
         + ".",
         "",
-        "## Install",
-        "",
-        "The exact versions this folder was exported and checked with (torch and torchaudio "
-        "must be a matched pair):",
-        "",
-        "```bash",
-        install_line(),
-        "```",
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "from speechbrain.inference.interfaces import foreign_class",
-        "",
-        f'sep = foreign_class(source="{source}", pymodule_file="custom_interface.py",',
-        f'                    classname="{JOINT_CLASS}")',
+        *install_and_load("sep", source, JOINT_CLASS),
         'for s in sep.separate_file("mixture.wav", save_folder="out/"):',
         "    print(s.path, s.speaker, s.score)       # s.signal, s.embedding",
         'sep.enrol({"alice": ["alice1.wav"], "bob": ["bob1.wav"]})  # name outputs by your speakers',
