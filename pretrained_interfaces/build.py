@@ -15,7 +15,6 @@ import torch
 from pretrained_interfaces.cards import joint_model_card, model_card
 from pretrained_interfaces.folder import (
     INTERFACE_CLASS,
-    INTERFACE_DIR,
     INTERFACE_FILE,
     JOINT_CLASS,
     JOINT_DIR,
@@ -26,8 +25,8 @@ from pretrained_interfaces.folder import (
     _tensors,
     check_output_target,
     interface_hparams,
-    interface_module,
     joint_interface_source,
+    speaker_interface_source,
     speaker_values,
 )
 from pretrained_interfaces.runs import (
@@ -199,10 +198,12 @@ def export_speaker(
             torch.save(_tensors(classifier.state_dict()), tmp / "classifier.ckpt")
             shutil.copyfile(label_file, tmp / "label_encoder.ckpt")
             (tmp / "hyperparams.yaml").write_text(interface_hparams(values), encoding="utf-8")
-            shutil.copyfile(INTERFACE_DIR / INTERFACE_FILE, tmp / INTERFACE_FILE)
+            (tmp / INTERFACE_FILE).write_text(speaker_interface_source(), encoding="utf-8")
             card.save(tmp / "README.md")
-        # The folder must load and give the checkpoint's embeddings before it is published.
-        model = getattr(interface_module(), INTERFACE_CLASS).from_hparams(
+        # The folder must load (with its own code, model block inlined) and give the
+        # checkpoint's embeddings before it is published.
+        module = _import_file(tmp / INTERFACE_FILE, "sepid_export_speaker_interface_check")
+        model = getattr(module, INTERFACE_CLASS).from_hparams(
             source=str(tmp), overrides=check_overrides
         )
         diff = float((model.encode_batch(probe) - reference).abs().max())

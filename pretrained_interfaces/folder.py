@@ -1,6 +1,7 @@
 """The interface folder ``export.py`` writes: the templates it fills in
-(``speaker/``, ``sepformer_speaker/``), the values it fills them with, the joint
-``custom_interface.py`` with its inlined code, and the rules for where a folder may be written."""
+(``speaker/``, ``sepformer_speaker/``), the values it fills them with, the two
+``custom_interface.py`` files with their inlined code, and the rules for where a folder may be
+written."""
 
 import functools
 import importlib.util
@@ -17,9 +18,17 @@ INTERFACE_CLASS = "WavLMSpeakerInterface"
 # ------------------------------------------------------------------ joint model ---
 JOINT_DIR = Path(__file__).resolve().parent / "sepformer_speaker"
 JOINT_CLASS = "SepformerSpeakerInterface"
-SPEAKER_BLOCK = re.compile(r"^# >>> speaker interface.*?^# <<< speaker interface\n", re.M | re.S)
-CHUNK_BLOCK = re.compile(r"^# >>> chunked separation.*?^# <<< chunked separation\n", re.M | re.S)
+
+
+def marked_block(name):
+    """The regex of the lines from ``# >>> name`` to ``# <<< name``, both included."""
+    return re.compile(rf"^# >>> {name}.*?^# <<< {name}\n", re.M | re.S)
+
+
+SPEAKER_BLOCK = marked_block("speaker interface")
 CHUNK_SOURCE = Path(__file__).resolve().parents[1] / "sepid" / "separation" / "separator.py"
+# its `# >>> speaker model` block: the model code of training and of the exported speaker interface
+MODEL_SOURCE = Path(__file__).resolve().parents[1] / "sepid" / "speaker" / "encoder.py"
 SEPARATOR_FILES = {
     "encoder": "separator_encoder",
     "masknet": "masknet",
@@ -31,8 +40,9 @@ SEPARATION_ATOL = 1e-5
 
 @functools.lru_cache(maxsize=1)
 def interface_module():
-    """``pretrained_interfaces/speaker/custom_interface.py``, imported by path (it is the file
-    every exported folder carries, so it is not part of an installed package)."""
+    """``pretrained_interfaces/speaker/custom_interface.py``, imported by path (the file every
+    exported folder carries, as :func:`speaker_interface_source` writes it, is not part of an
+    installed package); this repository's copy imports its model code from ``sepid``."""
     name = "sepid_export_speaker_interface"
     spec = importlib.util.spec_from_file_location(name, INTERFACE_DIR / INTERFACE_FILE)
     module = importlib.util.module_from_spec(spec)
@@ -84,23 +94,40 @@ def _tensors(state):
     return {k: v.detach().clone().contiguous() for k, v in state.items()}
 
 
-def joint_interface_source():
-    """The joint ``custom_interface.py`` as exported: the speaker interface's code and the
-    chunked separation (the ``# >>> chunked separation`` block of ``sepid/separation/separator.py``, torch
-    only) inlined where the repository's file imports them, so the folder needs no other file of
+def _inline(text, target, name, source):
+    """``text`` (the file ``target``) with its ``# >>> name`` block replaced by that block of the
+    file ``source``."""
+    block = marked_block(name)
+    found = block.search(source.read_text(encoding="utf-8"))
+    if found is None:
+        raise ValueError(f"{source} has no `# >>> {name}` block.")
+    text, n = block.subn(lambda _: found.group(0), text)
+    if n != 1:
+        raise ValueError(f"{target} has no `# >>> {name}` block.")
+    return text
+
+
+def speaker_interface_source():
+    """The speaker ``custom_interface.py`` as exported: the ``# >>> speaker model`` block of
+    ``sepid/speaker/encoder.py`` (the masked WavLM, pooling head and chunked embedding training
+    uses) inlined where the repository's file imports it, so the folder needs no other file of
     this project."""
-    text = (JOINT_DIR / INTERFACE_FILE).read_text(encoding="utf-8")
-    speaker = (INTERFACE_DIR / INTERFACE_FILE).read_text(encoding="utf-8")
+    target = INTERFACE_DIR / INTERFACE_FILE
+    return _inline(target.read_text(encoding="utf-8"), target, "speaker model", MODEL_SOURCE)
+
+
+def joint_interface_source():
+    """The joint ``custom_interface.py`` as exported: the speaker interface's code (as exported,
+    :func:`speaker_interface_source`) and the chunked separation (the ``# >>> chunked
+    separation`` block of ``sepid/separation/separator.py``, torch only) inlined where the
+    repository's file imports them, so the folder needs no other file of this project."""
+    target = JOINT_DIR / INTERFACE_FILE
+    text = target.read_text(encoding="utf-8")
+    speaker = speaker_interface_source()
     text, n = SPEAKER_BLOCK.subn(lambda _: speaker + "\n", text)
     if n != 1:
-        raise ValueError(f"{JOINT_DIR / INTERFACE_FILE} has no `# >>> speaker interface` block.")
-    chunking = CHUNK_BLOCK.search(CHUNK_SOURCE.read_text(encoding="utf-8"))
-    if chunking is None:
-        raise ValueError(f"{CHUNK_SOURCE} has no `# >>> chunked separation` block.")
-    text, n = CHUNK_BLOCK.subn(lambda _: chunking.group(0), text)
-    if n != 1:
-        raise ValueError(f"{JOINT_DIR / INTERFACE_FILE} has no `# >>> chunked separation` block.")
-    return text
+        raise ValueError(f"{target} has no `# >>> speaker interface` block.")
+    return _inline(text, target, "chunked separation", CHUNK_SOURCE)
 
 
 def _import_file(path, name):

@@ -1,7 +1,9 @@
 """WavLM + LoRA + ArcFace speaker model: the SpeechBrain pretrained interface.
 
-This file travels with every exported model (``pretrained_interfaces/export.py`` copies it next to
-``hyperparams.yaml`` and the weights), so it depends on SpeechBrain, PyTorch and transformers only,
+This file travels with every exported model (``pretrained_interfaces/export.py`` writes it next to
+``hyperparams.yaml`` and the weights) with the ``# >>> speaker model`` block below replaced by the
+block of that name in ``sepid/speaker/encoder.py`` (the imports marked ``noqa: F401 (the block's)``
+are that code's), so the exported file depends on SpeechBrain, PyTorch and transformers only,
 never on this project's ``sepid`` package. Load an exported folder or Hub repo with::
 
     from speechbrain.inference.interfaces import foreign_class
@@ -11,12 +13,13 @@ never on this project's ``sepid`` package. Load an exported folder or Hub repo w
 
 or, with this module imported, ``WavLMSpeakerInterface.from_hparams(source="user/repo")``.
 
-The embedding network (:class:`WavLMSpeakerEmbedder`) computes exactly what the training encoder
-(``sepid.speaker.encoder.WavLMSpeakerEncoder``) computes, and :func:`embed_in_chunks` is the
-evaluation recipe's chunking (``sepid.speaker.encoder.embed_in_chunks``); the round-trip tests pin
-both to the training code. The WavLM backbone is built from its config (no download) and gets its
-weights from the ``Pretrainer``: merged LoRA weights (the default export), or the base model's
-weights plus the LoRA adapters (``export.py --adapters``).
+The embedding network (:class:`WavLMSpeakerEmbedder`) and the training encoder
+(``sepid.speaker.encoder.WavLMSpeakerEncoder``) share one definition of the masked WavLM, the
+pooling head and the chunked embedding (:func:`embed_in_chunks`, the evaluation recipe's), written
+once in that block; the round-trip tests pin the exported embeddings to the training code's. The
+WavLM backbone is built from its config (no download) and gets its weights from the
+``Pretrainer``: merged LoRA weights (the default export), or the base model's weights plus the LoRA
+adapters (``export.py --adapters``).
 """
 
 import contextlib
@@ -25,7 +28,7 @@ import logging
 import pickle
 import re
 import sys
-import warnings
+import warnings  # noqa: F401 (the block's)
 from pathlib import Path
 
 import soundfile as sf
@@ -34,7 +37,9 @@ import torch.nn.functional as F
 import torchaudio
 from speechbrain.dataio.encoder import CategoricalEncoder
 from speechbrain.inference.interfaces import Pretrained
-from speechbrain.lobes.models.ECAPA_TDNN import AttentiveStatisticsPooling
+from speechbrain.lobes.models.ECAPA_TDNN import (  # noqa: F401 (the block's)
+    AttentiveStatisticsPooling,
+)
 from speechbrain.utils.checkpoints import (
     DEFAULT_TRANSFER_HOOKS,
     get_default_hook,
@@ -45,12 +50,30 @@ from speechbrain.utils.checkpoints import (
 from speechbrain.utils.parameter_transfer import Pretrainer
 from torch import nn
 from torch.nn.utils import parametrize
-from transformers import WavLMConfig, WavLMModel
-from transformers.models.wavlm.modeling_wavlm import WavLMGroupNormConvLayer
+from transformers import WavLMConfig, WavLMModel  # noqa: F401 (the block's)
+from transformers.models.wavlm.modeling_wavlm import (  # noqa: F401 (the block's)
+    WavLMGroupNormConvLayer,
+)
+
+# >>> speaker model (export.py inlines sepid/speaker/encoder.py's `# >>> speaker model` block here)
+from sepid.speaker.encoder import (  # noqa: F401 (the block's names, as the export inlines them)
+    POOLINGS,
+    MaskedGroupNormConvLayer,
+    MaskedWavLMModel,
+    SpeakerEmbeddingMixin,
+    check_pooling,
+    chunk_bounds,
+    embed_in_chunks,
+    masked_mean,
+    min_input_samples,
+    pool_frames,
+    sample_mask,
+)
+
+# <<< speaker model
 
 logger = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "attentive")
 # An input whose every sample lies within this of its mean is digitally silent or constant (DC):
 # all zeros once written as 16-bit PCM, the data prep's silence test (sepid.data.audio.SILENT_PEAK).
 SILENT_PEAK = 2.0**-16
@@ -75,109 +98,6 @@ class LoRAParametrization(nn.Module):
         return weight + ((self.lora_B @ self.lora_A) * self.scaling).to(weight.dtype)
 
 
-def _masked_mean(frames, frame_lens):
-    steps = torch.arange(frames.shape[1], device=frames.device)
-    mask = (steps[None, :] < frame_lens[:, None]).to(frames.dtype).unsqueeze(-1)
-    return (frames * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-
-
-def _pool_frames(pool, frames, frame_lens):
-    """Mean or attentive statistics pooling over each utterance's first ``frame_lens[b]``
-    frames (relative lengths half a frame short: SpeechBrain keeps ``arange(T) < rel * T``)."""
-    if pool is None:
-        return _masked_mean(frames, frame_lens)
-    rel = (frame_lens.to(frames.dtype) - 0.5) / frames.shape[1]
-    return pool(frames.transpose(1, 2), lengths=rel).squeeze(-1)
-
-
-class MaskedGroupNormConvLayer(WavLMGroupNormConvLayer):
-    """WavLM Base/Base+'s first feature-encoder layer with each utterance's GroupNorm statistics
-    taken over its own valid frames only (``sepid.speaker.encoder.MaskedGroupNormConvLayer``);
-    the same parameters as ``WavLMGroupNormConvLayer``."""
-
-    valid_samples = None
-
-    def forward(self, hidden_states):
-        hidden_states = self.conv(hidden_states)
-        samples = self.valid_samples
-        if samples is None:
-            hidden_states = self.layer_norm(hidden_states)
-        else:
-            hidden_states = self.masked_norm(hidden_states, samples)
-        return self.activation(hidden_states)
-
-    def masked_norm(self, hidden_states, samples):
-        """The GroupNorm (one group per channel) of ``hidden_states [B, C, T]`` with each row's
-        statistics over its first ``conv_out(samples[b])`` frames; the frames after them (which
-        no valid output frame depends on) are normalised with the same statistics."""
-        stride, kernel = self.conv.stride[0], self.conv.kernel_size[0]
-        batch, channels, total = hidden_states.shape
-        frames = torch.div(samples - kernel, stride, rounding_mode="floor") + 1
-        frames = frames.clamp(min=1, max=total).tolist()
-        norm = self.layer_norm
-        if torch.is_grad_enabled() and hidden_states.requires_grad:
-            # a trained feature encoder: the gradient goes through the statistics too
-            rows = [
-                F.pad(norm(hidden_states[b : b + 1, :, :n]), (0, total - n))
-                for b, n in enumerate(frames)
-            ]
-            return torch.cat(rows)
-        stats = [
-            torch.var_mean(hidden_states[b, :, :n], dim=-1, unbiased=False)
-            for b, n in enumerate(frames)
-        ]
-        # one pass over the tensor: batch_norm with given statistics, one "channel" per row and
-        # channel (these first-layer features are the largest tensor in WavLM)
-        normed = F.batch_norm(
-            hidden_states.reshape(1, batch * channels, total),
-            torch.cat([m for _, m in stats]),
-            torch.cat([v for v, _ in stats]),
-            norm.weight.repeat(batch),
-            norm.bias.repeat(batch),
-            training=False,
-            eps=norm.eps,
-        )
-        return normed.reshape(batch, channels, total)
-
-
-class MaskedWavLMModel(WavLMModel):
-    """``WavLMModel`` whose valid frames, given the sample-level ``attention_mask`` of a padded
-    batch, are each utterance's frames alone (``sepid.speaker.encoder.MaskedWavLMModel``)."""
-
-    def __init__(self, config):
-        super().__init__(config)
-        if config.feat_extract_norm == "group":
-            layers = self.feature_extractor.conv_layers
-            layers[0] = MaskedGroupNormConvLayer(config, layer_id=0)
-
-    def forward(self, input_values, attention_mask=None, **kwargs):
-        if attention_mask is not None and bool(attention_mask.all()):
-            attention_mask = None
-        first = self.feature_extractor.conv_layers[0]
-        if isinstance(first, MaskedGroupNormConvLayer) and attention_mask is not None:
-            first.valid_samples = attention_mask.long().sum(-1)
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=_MASK_TYPES_WARNING)
-                return super().forward(input_values, attention_mask=attention_mask, **kwargs)
-        finally:
-            if isinstance(first, MaskedGroupNormConvLayer):
-                first.valid_samples = None
-
-
-# torch's note on the boolean padding mask beside WavLM's float position bias (the two combine
-# as they should: padded keys get -inf)
-_MASK_TYPES_WARNING = "Support for mismatched key_padding_mask and attn_mask"
-
-
-def min_input_samples(config):
-    """The fewest samples that give WavLM one frame (400 for Base/Base+: 25 ms at 16 kHz)."""
-    samples = 1
-    for kernel, stride in reversed(list(zip(config.conv_kernel, config.conv_stride, strict=True))):
-        samples = (samples - 1) * stride + kernel
-    return samples
-
-
 def check_signal(signal, what, sample_rate, min_samples):
     """Raises a ``ValueError`` naming ``what`` (a file, an input of a batch) when the 1-D
     ``signal`` cannot give a speaker embedding: shorter than ``min_samples``, NaN or infinite
@@ -197,13 +117,6 @@ def check_signal(signal, what, sample_rate, min_samples):
             f"{what} is digitally silent or constant (every sample within 2**-16 of its mean): "
             "there is no speech to embed, and a score against it would mean nothing."
         )
-
-
-def _sample_mask(wavs, wav_lens):
-    samples = torch.round(wav_lens * wavs.shape[1]).long()
-    if bool((samples >= wavs.shape[1]).all()):
-        return samples, None
-    return samples, torch.arange(wavs.shape[1], device=wavs.device)[None] < samples[:, None]
 
 
 def _load_tensors(path):
@@ -294,7 +207,7 @@ class CheckedPretrainer(Pretrainer):
 
 
 @register_checkpoint_hooks
-class WavLMSpeakerEmbedder(nn.Module):
+class WavLMSpeakerEmbedder(SpeakerEmbeddingMixin, nn.Module):
     """WavLM (built from ``wavlm_config``, weights from the Pretrainer), optional LoRA, pooling
     and projection to a speaker embedding.
 
@@ -328,8 +241,7 @@ class WavLMSpeakerEmbedder(nn.Module):
         lora=None,
     ):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        check_pooling(pooling)
         config = WavLMConfig(**wavlm_config)
         config.apply_spec_augment = False
         config.layerdrop = 0.0
@@ -338,17 +250,8 @@ class WavLMSpeakerEmbedder(nn.Module):
         self.lora = dict(lora) if lora else None
         if self.lora:
             self._add_lora(self.lora["targets"], self.lora["rank"], self.lora["alpha"])
-        hidden = config.hidden_size
-        n_states = config.num_hidden_layers + 1
-        self.layer_weights = nn.Parameter(torch.zeros(n_states)) if layer_weighting else None
         self.normalize_waveform = normalize_waveform
-        if pooling == "attentive":
-            self.pool = AttentiveStatisticsPooling(hidden, attention_channels=attention_channels)
-            pooled = 2 * hidden
-        else:
-            self.pool = None
-            pooled = hidden
-        self.projection = nn.Linear(pooled, embedding_dim)
+        self.add_head(embedding_dim, pooling, attention_channels, layer_weighting)
 
     def _add_lora(self, targets, rank, alpha):
         adapted = 0
@@ -362,34 +265,11 @@ class WavLMSpeakerEmbedder(nn.Module):
         if not adapted:
             raise ValueError(f"No linear layer of WavLM matches the LoRA targets {targets}.")
 
-    def frame_lengths(self, wavs, wav_lens):
-        samples = torch.round(wav_lens * wavs.shape[1]).long()
-        return self.backbone._get_feat_extract_output_lengths(samples).clamp(min=1)
-
-    def hidden_states(self, wavs, wav_lens, all_layers=False):
-        samples, mask = _sample_mask(wavs, wav_lens)
-        if self.normalize_waveform:
-            valid = torch.arange(wavs.shape[1], device=wavs.device)[None] < samples[:, None]
-            n = valid.sum(1, keepdim=True).clamp(min=1)
-            mean = (wavs * valid).sum(1, keepdim=True) / n
-            var = (((wavs - mean) * valid) ** 2).sum(1, keepdim=True) / n
-            wavs = (wavs - mean) / torch.sqrt(var + 1e-7) * valid
-        out = self.backbone(wavs, attention_mask=mask, output_hidden_states=all_layers)
-        return out.hidden_states if all_layers else out.last_hidden_state
-
     def forward(self, wavs, wav_lens=None):
         """Speaker embeddings ``[B, D]`` (not normalised) of ``wavs [B, T]``."""
         if wav_lens is None:
             wav_lens = torch.ones(wavs.shape[0], device=wavs.device)
-        frame_lens = self.frame_lengths(wavs, wav_lens)
-        if self.layer_weights is not None:
-            states = torch.stack(self.hidden_states(wavs, wav_lens, all_layers=True), dim=0)
-            weights = torch.softmax(self.layer_weights, dim=0).to(states.dtype)
-            frames = (weights[:, None, None, None] * states).sum(0)
-        else:
-            frames = self.hidden_states(wavs, wav_lens)
-        frame_lens = frame_lens.clamp(max=frames.shape[1])
-        return self.projection(_pool_frames(self.pool, frames, frame_lens))
+        return self.pooled_embedding(wavs, wav_lens, self.frame_lengths(wavs, wav_lens))
 
     def _is_base_key(self, key):
         """True for a tensor of the pretrained WavLM itself (not LoRA, not the head)."""
@@ -453,41 +333,6 @@ def _check_keys(expected, found, path):
             f"{path} does not match hyperparams.yaml (missing {sorted(missing)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]}): {DAMAGED_FIX}."
         )
-
-
-def _chunk_bounds(samples, chunk_samples):
-    bounds = list(range(0, samples, chunk_samples))
-    if samples - bounds[-1] < chunk_samples // 2 and len(bounds) > 1:
-        bounds.pop()
-    return bounds + [samples]
-
-
-def embed_in_chunks(encoder, wavs, wav_lens, chunk_samples):
-    """Embeds a padded batch, cutting utterances longer than ``chunk_samples`` where each would be
-    cut alone (chunks of ``chunk_samples``, a final one under half a chunk joining the one
-    before), and averaging their chunk embeddings weighted by their samples; the same
-    computation as the evaluation recipe's."""
-    total = wavs.shape[1]
-    samples = torch.round(wav_lens * total).long()
-    if chunk_samples is None or int(samples.max()) <= chunk_samples:
-        return encoder(wavs, wav_lens)
-    bounds = [_chunk_bounds(int(n), chunk_samples) for n in samples.tolist()]
-    weighted, weights = 0.0, torch.zeros(wavs.shape[0], 1, device=wavs.device)
-    for k in range(max(len(b) for b in bounds) - 1):
-        active = torch.tensor([len(b) - 1 > k for b in bounds], device=wavs.device)
-        start = k * chunk_samples
-        n_in = torch.tensor(
-            [b[k + 1] - start if len(b) - 1 > k else 0 for b in bounds], device=wavs.device
-        )
-        width = int(n_in.max())
-        chunk = wavs[active, start : start + width]
-        emb = encoder(chunk, n_in[active].float() / width)
-        w = n_in[active].float().unsqueeze(1)
-        full = torch.zeros(wavs.shape[0], emb.shape[1], device=wavs.device, dtype=emb.dtype)
-        full[active] = emb * w
-        weighted = weighted + full
-        weights[active] += w
-    return weighted / weights
 
 
 @functools.lru_cache(maxsize=16)

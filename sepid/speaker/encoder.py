@@ -32,8 +32,6 @@ from sepid.speaker.lora import add_lora, lora_disabled
 
 logger = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "attentive")
-
 
 def _count(params):
     params = list(params)
@@ -80,6 +78,18 @@ def set_classifier_outputs(classifier, n_classes):
     weight = torch.empty(n_classes, input_size, device=classifier.weight.device)
     nn.init.xavier_uniform_(weight)
     classifier.weight = nn.Parameter(weight)
+
+
+# >>> speaker model: torch, SpeechBrain and transformers only (pretrained_interfaces/folder.py
+# copies this block into the exported speaker model's custom_interface.py, whose imports it uses,
+# so an exported model embeds exactly as training and evaluation do)
+POOLINGS = ("mean", "attentive")
+
+
+def check_pooling(pooling):
+    """A ``ValueError`` unless ``pooling`` is one of :data:`POOLINGS`."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
 
 
 def masked_mean(frames, frame_lens):
@@ -211,6 +221,105 @@ def sample_mask(wavs, wav_lens):
     return samples, torch.arange(wavs.shape[1], device=wavs.device)[None] < samples[:, None]
 
 
+class SpeakerEmbeddingMixin:
+    """The embedding computation of the training encoder (:class:`WavLMSpeakerEncoder`) and of
+    the exported embedder alike, for an ``nn.Module`` holding ``backbone`` (a
+    :class:`MaskedWavLMModel`), ``normalize_waveform`` and the head :meth:`add_head` builds."""
+
+    def add_head(self, embedding_dim, pooling, attention_channels, layer_weighting):
+        """``layer_weights`` (a softmax-weighted sum of all hidden layers, or ``None`` for the
+        last one), ``pool`` (``None`` for the mean, or attentive statistics pooling) and
+        ``projection`` to ``embedding_dim``, sized by the backbone's config."""
+        hidden = self.backbone.config.hidden_size
+        n_states = self.backbone.config.num_hidden_layers + 1
+        self.layer_weights = nn.Parameter(torch.zeros(n_states)) if layer_weighting else None
+        self.pooling = pooling
+        if pooling == "attentive":
+            self.pool = AttentiveStatisticsPooling(hidden, attention_channels=attention_channels)
+            pooled = 2 * hidden
+        else:
+            self.pool = None
+            pooled = hidden
+        self.projection = nn.Linear(pooled, embedding_dim)
+
+    def frame_lengths(self, wavs, wav_lens):
+        """Number of valid WavLM frames per utterance, from SpeechBrain relative lengths."""
+        samples = torch.round(wav_lens * wavs.shape[1]).long()
+        return self.backbone._get_feat_extract_output_lengths(samples).clamp(min=1)
+
+    def hidden_states(self, wavs, wav_lens, all_layers=False):
+        """WavLM hidden states ``[B, T', C]`` (last layer) or a tuple of all layers; each
+        utterance's valid frames are what it gives alone, whatever the padding in the batch."""
+        samples, mask = sample_mask(wavs, wav_lens)
+        if self.normalize_waveform:
+            valid = torch.arange(wavs.shape[1], device=wavs.device)[None] < samples[:, None]
+            n = valid.sum(1, keepdim=True).clamp(min=1)
+            mean = (wavs * valid).sum(1, keepdim=True) / n
+            var = (((wavs - mean) * valid) ** 2).sum(1, keepdim=True) / n
+            wavs = (wavs - mean) / torch.sqrt(var + 1e-7) * valid
+        out = self.backbone(wavs, attention_mask=mask, output_hidden_states=all_layers)
+        return out.hidden_states if all_layers else out.last_hidden_state
+
+    def pooled_embedding(self, wavs, wav_lens, frame_lens):
+        """The embedding ``[B, D]`` of ``wavs`` (``frame_lens``: :meth:`frame_lengths`):
+        hidden states (weighted over layers or the last), pooled over each utterance's valid
+        frames, projected."""
+        if self.layer_weights is not None:
+            states = torch.stack(self.hidden_states(wavs, wav_lens, all_layers=True), dim=0)
+            weights = torch.softmax(self.layer_weights, dim=0).to(states.dtype)
+            frames = (weights[:, None, None, None] * states).sum(0)
+        else:
+            frames = self.hidden_states(wavs, wav_lens)
+        frame_lens = frame_lens.clamp(max=frames.shape[1])
+        return self.projection(pool_frames(self.pool, frames, frame_lens))
+
+
+def chunk_bounds(samples, chunk_samples):
+    """Where an utterance of ``samples`` samples is cut: ``[0, c, 2c, ..., samples]``, a final
+    chunk shorter than half a chunk merged into the one before it."""
+    bounds = list(range(0, samples, chunk_samples))
+    if samples - bounds[-1] < chunk_samples // 2 and len(bounds) > 1:
+        bounds.pop()
+    return bounds + [samples]
+
+
+def embed_in_chunks(encoder, wavs, wav_lens, chunk_samples, pretrained_only=False):
+    """Embeds a padded batch, cutting utterances longer than ``chunk_samples`` into chunks.
+
+    Each utterance is cut where it would be cut alone (:func:`chunk_bounds` of its own length,
+    not the batch's), its ``k``-th chunk embedded with the other utterances' ``k``-th chunks, and
+    its embedding is the mean of its chunk embeddings weighted by the samples each chunk holds
+    (for mean pooling followed by the affine projection this equals the embedding of the whole
+    utterance up to WavLM's context at the cut). So an utterance's embedding does not depend on
+    the batch it is in.
+    """
+    extra = {"pretrained_only": True} if pretrained_only else {}  # the encoder's option only
+    total = wavs.shape[1]
+    samples = torch.round(wav_lens * total).long()
+    if chunk_samples is None or int(samples.max()) <= chunk_samples:
+        return encoder(wavs, wav_lens, **extra)
+    bounds = [chunk_bounds(int(n), chunk_samples) for n in samples.tolist()]
+    weighted, weights = 0.0, torch.zeros(wavs.shape[0], 1, device=wavs.device)
+    for k in range(max(len(b) for b in bounds) - 1):
+        active = torch.tensor([len(b) - 1 > k for b in bounds], device=wavs.device)
+        start = k * chunk_samples
+        n_in = torch.tensor(
+            [b[k + 1] - start if len(b) - 1 > k else 0 for b in bounds], device=wavs.device
+        )
+        width = int(n_in.max())
+        chunk = wavs[active, start : start + width]
+        emb = encoder(chunk, n_in[active].float() / width, **extra)
+        w = n_in[active].float().unsqueeze(1)
+        full = torch.zeros(wavs.shape[0], emb.shape[1], device=wavs.device, dtype=emb.dtype)
+        full[active] = emb * w
+        weighted = weighted + full
+        weights[active] += w
+    return weighted / weights
+
+
+# <<< speaker model
+
+
 def enable_layer_checkpointing(backbone):
     """Recomputes each of ``backbone``'s transformer layers in the backward pass (transformers'
     own per-layer switch, non-reentrant: LoRA on a frozen backbone still gets its gradient and
@@ -233,7 +342,7 @@ def _checkpoint_layer(function, *args):
 
 
 @register_checkpoint_hooks
-class WavLMSpeakerEncoder(nn.Module):
+class WavLMSpeakerEncoder(SpeakerEmbeddingMixin, nn.Module):
     """WavLM (frozen with LoRA adapters, or fine-tuned whole), pooling and a projection to a
     speaker embedding.
 
@@ -288,8 +397,7 @@ class WavLMSpeakerEncoder(nn.Module):
         activation_checkpointing=False,
     ):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        check_pooling(pooling)
         self.source = str(source)
         self.freeze_backbone = bool(freeze_backbone)
         self.backbone = MaskedWavLMModel.from_pretrained(self.source, cache_dir=cache_dir)
@@ -314,35 +422,7 @@ class WavLMSpeakerEncoder(nn.Module):
             )
         if activation_checkpointing:
             enable_layer_checkpointing(self.backbone)
-        hidden = self.backbone.config.hidden_size
-        n_states = self.backbone.config.num_hidden_layers + 1
-        self.layer_weights = nn.Parameter(torch.zeros(n_states)) if layer_weighting else None
-        self.pooling = pooling
-        if pooling == "attentive":
-            self.pool = AttentiveStatisticsPooling(hidden, attention_channels=attention_channels)
-            pooled = 2 * hidden
-        else:
-            self.pool = None
-            pooled = hidden
-        self.projection = nn.Linear(pooled, embedding_dim)
-
-    def frame_lengths(self, wavs, wav_lens):
-        """Number of valid WavLM frames per utterance, from SpeechBrain relative lengths."""
-        samples = torch.round(wav_lens * wavs.shape[1]).long()
-        return self.backbone._get_feat_extract_output_lengths(samples).clamp(min=1)
-
-    def hidden_states(self, wavs, wav_lens, all_layers=False):
-        """WavLM hidden states ``[B, T', C]`` (last layer) or a tuple of all layers; each
-        utterance's valid frames are what it gives alone, whatever the padding in the batch."""
-        samples, mask = sample_mask(wavs, wav_lens)
-        if self.normalize_waveform:
-            valid = torch.arange(wavs.shape[1], device=wavs.device)[None] < samples[:, None]
-            n = valid.sum(1, keepdim=True).clamp(min=1)
-            mean = (wavs * valid).sum(1, keepdim=True) / n
-            var = (((wavs - mean) * valid) ** 2).sum(1, keepdim=True) / n
-            wavs = (wavs - mean) / torch.sqrt(var + 1e-7) * valid
-        out = self.backbone(wavs, attention_mask=mask, output_hidden_states=all_layers)
-        return out.hidden_states if all_layers else out.last_hidden_state
+        self.add_head(embedding_dim, pooling, attention_channels, layer_weighting)
 
     def forward(self, wavs, wav_lens=None, pretrained_only=False):
         """Speaker embeddings ``[B, D]``.
@@ -366,14 +446,7 @@ class WavLMSpeakerEncoder(nn.Module):
         if pretrained_only:
             with lora_disabled(self.backbone):
                 return masked_mean(self.hidden_states(wavs, wav_lens), frame_lens)
-        if self.layer_weights is not None:
-            states = torch.stack(self.hidden_states(wavs, wav_lens, all_layers=True), dim=0)
-            weights = torch.softmax(self.layer_weights, dim=0).to(states.dtype)
-            frames = (weights[:, None, None, None] * states).sum(0)
-        else:
-            frames = self.hidden_states(wavs, wav_lens)
-        frame_lens = frame_lens.clamp(max=frames.shape[1])
-        return self.projection(pool_frames(self.pool, frames, frame_lens))
+        return self.pooled_embedding(wavs, wav_lens, frame_lens)
 
     # --- checkpointing: everything that trains, plus the base model id ---------------------------
     def trainable_state_dict(self):
@@ -436,45 +509,3 @@ class WavLMSpeakerEncoder(nn.Module):
                 "checkpoint was trained with (LoRA rank/targets, pooling, embedding_dim)."
             )
         self.load_state_dict(saved["state"], strict=False)
-
-
-def chunk_bounds(samples, chunk_samples):
-    """Where an utterance of ``samples`` samples is cut: ``[0, c, 2c, ..., samples]``, a final
-    chunk shorter than half a chunk merged into the one before it."""
-    bounds = list(range(0, samples, chunk_samples))
-    if samples - bounds[-1] < chunk_samples // 2 and len(bounds) > 1:
-        bounds.pop()
-    return bounds + [samples]
-
-
-def embed_in_chunks(encoder, wavs, wav_lens, chunk_samples, pretrained_only=False):
-    """Embeds a padded batch, cutting utterances longer than ``chunk_samples`` into chunks.
-
-    Each utterance is cut where it would be cut alone (:func:`chunk_bounds` of its own length,
-    not the batch's), its ``k``-th chunk embedded with the other utterances' ``k``-th chunks, and
-    its embedding is the mean of its chunk embeddings weighted by the samples each chunk holds
-    (for mean pooling followed by the affine projection this equals the embedding of the whole
-    utterance up to WavLM's context at the cut). So an utterance's embedding does not depend on
-    the batch it is in.
-    """
-    total = wavs.shape[1]
-    samples = torch.round(wav_lens * total).long()
-    if chunk_samples is None or int(samples.max()) <= chunk_samples:
-        return encoder(wavs, wav_lens, pretrained_only=pretrained_only)
-    bounds = [chunk_bounds(int(n), chunk_samples) for n in samples.tolist()]
-    weighted, weights = 0.0, torch.zeros(wavs.shape[0], 1, device=wavs.device)
-    for k in range(max(len(b) for b in bounds) - 1):
-        active = torch.tensor([len(b) - 1 > k for b in bounds], device=wavs.device)
-        start = k * chunk_samples
-        n_in = torch.tensor(
-            [b[k + 1] - start if len(b) - 1 > k else 0 for b in bounds], device=wavs.device
-        )
-        width = int(n_in.max())
-        chunk = wavs[active, start : start + width]
-        emb = encoder(chunk, n_in[active].float() / width, pretrained_only=pretrained_only)
-        w = n_in[active].float().unsqueeze(1)
-        full = torch.zeros(wavs.shape[0], emb.shape[1], device=wavs.device, dtype=emb.dtype)
-        full[active] = emb * w
-        weighted = weighted + full
-        weights[active] += w
-    return weighted / weights

@@ -9,6 +9,8 @@ import logging
 import re
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -139,6 +141,52 @@ def test_round_trip_gives_the_training_embeddings(exported, training_encoder):
         atol=0,
         rtol=0,
     )
+
+
+# A user's Python: the exported folder's own code only. Whatever installs this repository (the
+# editable install puts sepid on every interpreter's path) is refused, so an import of it fails.
+LOAD_WITHOUT_THE_REPOSITORY = """
+import importlib.abc, sys
+
+PROJECT = ("sepid", "pretrained_interfaces", "recipes", "tests")
+
+
+class NoProjectCode(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in PROJECT:
+            raise ModuleNotFoundError(f"{name} is this repository's code, not the export's")
+        return None
+
+
+sys.meta_path.insert(0, NoProjectCode())
+import torch
+from speechbrain.inference.interfaces import foreign_class
+
+folder, wav, out, root = sys.argv[1:5]
+spk = foreign_class(source=folder, pymodule_file="custom_interface.py",
+                    classname="WavLMSpeakerInterface")
+torch.save(spk.encode_file(wav), out)
+assert not [m for m in sys.modules if m.partition(".")[0] in PROJECT]
+assert root not in sys.path
+"""
+
+
+def test_export_loads_with_no_file_of_the_repository(exported, model, tmp_path):
+    """The exported folder, copied out of the repository and loaded by ``python -I`` from
+    elsewhere with this project's packages unimportable, gives the in-process embedding: the
+    inlined model code is all it needs."""
+    folder = tmp_path / "elsewhere" / "model"
+    shutil.copytree(exported, folder)
+    wav, out = utt("2414", 2), tmp_path / "emb.pt"
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", LOAD_WITHOUT_THE_REPOSITORY, folder, wav, out, REPOSITORY],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    torch.testing.assert_close(torch.load(out), model.encode_file(wav), atol=ATOL, rtol=0)
 
 
 def test_adapters_export_round_trip(run, tmp_path, training_encoder):
