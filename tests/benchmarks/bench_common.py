@@ -132,11 +132,14 @@ def emit_record(record):
     print("RECORD " + json.dumps(record), flush=True)
 
 
-def run_case(script, *options):
-    """Runs ``python script --child *options`` in a fresh process (its peak RSS its own) and
-    returns the record it emitted; raises with its stderr if it fails."""
+def run_case(script, *options, env=None):
+    """Runs ``python script --child *options`` in a fresh process (its peak RSS its own; ``env``:
+    variables added to its environment) and returns the record it emitted; raises with its
+    stderr if it fails."""
     cmd = [sys.executable, str(script), "--child", *map(str, options)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, check=False, env={**os.environ, **(env or {})}
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     line = [x for x in proc.stdout.splitlines() if x.startswith("RECORD ")][-1]
@@ -145,21 +148,46 @@ def run_case(script, *options):
     return record
 
 
+def checkpointing_ratios(records, case_keys, label):
+    """``{label(case): {quantity: checkpointed / plain}}`` for each checkpointed record and the
+    plain record of the same ``case_keys`` values (wall and CPU time per step, heap, RSS)."""
+    ratios = {}
+    for r in records:
+        if not r["activation_checkpointing"]:
+            continue
+        base = next(
+            b
+            for b in records
+            if not b["activation_checkpointing"] and all(b[k] == r[k] for k in case_keys)
+        )
+        ratios[label(r)] = {
+            key: round(r[key] / base[key], 3)
+            for key in ("seconds_per_step", "cpu_seconds_per_step", "peak_heap_gib", "peak_rss_gib")
+        }
+    return ratios
+
+
 def measure_steps(step, steps, modules):
     """Times ``steps`` calls of ``step()`` after one warm-up call (optimizer state allocated),
-    sampling the live heap throughout; returns the record fields every step benchmark shares."""
+    sampling the live heap throughout; returns the record fields every step benchmark shares.
+    ``cpu_seconds_per_step`` is the process's CPU time (all its threads, the heap sampler's
+    millisecond wake-ups included): with one torch thread it is the step's cost whatever else
+    the machine runs, where wall time on a shared machine is not."""
     model = heap_bytes()
     step()
-    times = []
+    times, cpu_times = [], []
     with HeapPeak() as peak:
         for _ in range(steps):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             step()
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
     return {
         "steps": steps,
+        "torch_threads": torch.get_num_threads(),
         "seconds_per_step": round(float(np.median(times)), 2),
         "step_times": [round(t, 2) for t in times],
+        "cpu_seconds_per_step": round(float(np.median(cpu_times)), 2),
         "model_gib": round(model / GIB, 3),
         "peak_heap_gib": round(peak.peak / GIB, 3),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),

@@ -12,7 +12,10 @@ loss) on a batch of random 8 kHz sources. Configurations:
 Each (configuration, ``activation_checkpointing``, batch size) runs in a fresh process, so its
 peak RSS is its own. Per case it records:
 
-* ``seconds_per_step``: the median of ``--steps`` steps after one warm-up step;
+* ``seconds_per_step``: the median of ``--steps`` steps after one warm-up step, and
+  ``cpu_seconds_per_step``, the process's CPU time per step: each case runs ``--threads`` torch
+  threads (default 1), so on a shared machine the CPU time is the step's cost where the wall time
+  is not;
 * ``peak_rss_gib``: the process's maximum resident set size (``ru_maxrss``) over the whole run;
 * ``peak_heap_gib``: the peak of glibc's live heap (``mallinfo2``: bytes in use in the arena plus
   mmapped blocks), sampled every millisecond by a thread during the timed steps. RSS stays above
@@ -21,6 +24,11 @@ peak RSS is its own. Per case it records:
 * ``saved_for_backward_gib`` by module (no checkpointing only): the bytes autograd keeps for the
   backward pass (each storage once), attributed to the top-level module whose forward saved them
   (separator encoder, masknet, decoder, speaker encoder, classifier): which part holds the memory.
+
+``--malloc_mmap_threshold BYTES`` also runs each checkpointed case with glibc's
+``MALLOC_MMAP_THRESHOLD_`` set (freed blocks above that size go back to the system at once, so
+RSS follows the live heap; CPU training only: on a GPU torch's caching allocator holds the
+activations). It is left out of the ratios.
 
 Run: ``python tests/benchmarks/bench_joint_step.py [--configs tiny default] [--batch_sizes 1 2]``
 Writes ``tests/benchmarks/results/joint_step.json``. A benchmark, never a timed test.
@@ -38,6 +46,7 @@ import torch
 from bench_common import (
     GIB,
     REPO,
+    checkpointing_ratios,
     emit_record,
     load_script,
     measure_steps,
@@ -156,6 +165,7 @@ def saved_by_module(brain, batch):
 
 def child(args):
     """One case, in this process; prints its JSON record."""
+    torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix=f"bench-joint-{args.config}-"))
     brain, speakers = build_brain(args.config, args.checkpointing == "on", work)
     batch = make_batch(speakers, args.batch_size, args.seconds)
@@ -180,6 +190,14 @@ def main():
     parser.add_argument("--configs", nargs="+", default=["tiny", "default"])
     parser.add_argument("--checkpointing", nargs="+", default=["off", "on"])
     parser.add_argument("--out", default=str(REPO / "tests/benchmarks/results/joint_step.json"))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each case")
+    parser.add_argument(
+        "--malloc_mmap_threshold",
+        type=int,
+        default=0,
+        help="also run the checkpointed case with glibc's MALLOC_MMAP_THRESHOLD_ at this many "
+        "bytes (0: not)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--batch_size", type=int, help=argparse.SUPPRESS)
@@ -199,23 +217,31 @@ def main():
                     f"--checkpointing={checkpointing}",
                     f"--steps={args.steps}",
                     f"--seconds={args.seconds}",
+                    f"--threads={args.threads}",
                 ]
                 if batch_size == args.batch_sizes[0]:
                     options.append("--attribute")
                 records.append(run_case(__file__, *options))
-    ratios = {}
-    for r in records:
-        if r["activation_checkpointing"]:
-            base = next(
-                b
-                for b in records
-                if not b["activation_checkpointing"]
-                and (b["config"], b["batch_size"]) == (r["config"], r["batch_size"])
-            )
-            ratios[f"{r['config']} batch {r['batch_size']}"] = {
-                key: round(r[key] / base[key], 3)
-                for key in ("seconds_per_step", "peak_heap_gib", "peak_rss_gib")
-            }
+            if args.malloc_mmap_threshold and "on" in args.checkpointing:
+                # glibc returns freed blocks above this size to the system at once: RSS follows
+                # the live heap more closely (a CPU-training setting; GPUs use torch's allocator)
+                threshold = args.malloc_mmap_threshold
+                options = [
+                    o for o in options if o.startswith(("--steps", "--seconds", "--threads"))
+                ]
+                options += [f"--config={config}", f"--batch_size={batch_size}"]
+                record = run_case(
+                    __file__,
+                    *options,
+                    "--checkpointing=on",
+                    env={"MALLOC_MMAP_THRESHOLD_": str(threshold)},
+                )
+                records.append({**record, "malloc_mmap_threshold": threshold})
+    ratios = checkpointing_ratios(
+        [r for r in records if "malloc_mmap_threshold" not in r],
+        ("config", "batch_size"),
+        lambda r: f"{r['config']} batch {r['batch_size']}",
+    )
     write_result(args.out, {"cases": records, "checkpointing_over_plain": ratios})
 
 

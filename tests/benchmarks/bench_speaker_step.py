@@ -6,8 +6,9 @@ random model with WavLM Base+'s configuration: the Hub is not reachable here, an
 do not depend on the weights; 1,000 speakers) and runs the recipe's step on random 16 kHz crops of
 ``segment_seconds``: encoder (frozen WavLM + LoRA, mean pooling, projection) -> ArcFace loss ->
 backward -> AdamW step, in train mode. Each (``activation_checkpointing``, batch size) runs in a
-fresh process; it records the median step time, peak RSS, and the peak of glibc's live heap
-(``bench_common.HeapPeak``), as ``bench_joint_step.py`` does.
+fresh process with ``--threads`` torch threads (default 1); it records the median step time
+(wall and CPU), peak RSS, and the peak of glibc's live heap (``bench_common.HeapPeak``), as
+``bench_joint_step.py`` does, and the checkpointed/plain ratios per batch size.
 
 Run: ``python tests/benchmarks/bench_speaker_step.py [--batch_sizes 1 8] [--seconds 3]``.
 Writes ``tests/benchmarks/results/speaker_step.json``. A benchmark, never a timed test.
@@ -20,7 +21,14 @@ from pathlib import Path
 import torch
 
 # sibling module (the script folder is on sys.path)
-from bench_common import REPO, emit_record, measure_steps, run_case, write_result
+from bench_common import (
+    REPO,
+    checkpointing_ratios,
+    emit_record,
+    measure_steps,
+    run_case,
+    write_result,
+)
 
 YAML = REPO / "hparams/wavlm-lora-arcface.yaml"
 
@@ -49,6 +57,7 @@ def build(checkpointing, work, n_speakers=1000):
 
 
 def child(args):
+    torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench-speaker-step-"))
     hparams, modules, optimizer = build(args.checkpointing == "on", work)
     g = torch.Generator().manual_seed(0)
@@ -79,6 +88,7 @@ def main():
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--checkpointing", nargs="+", default=["off", "on"])
     parser.add_argument("--out", default=str(REPO / "tests/benchmarks/results/speaker_step.json"))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each case")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--batch_size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -96,9 +106,11 @@ def main():
                     f"--checkpointing={checkpointing}",
                     f"--steps={args.steps}",
                     f"--seconds={args.seconds}",
+                    f"--threads={args.threads}",
                 )
             )
-    write_result(args.out, {"cases": records})
+    ratios = checkpointing_ratios(records, ("batch_size",), lambda r: f"batch {r['batch_size']}")
+    write_result(args.out, {"cases": records, "checkpointing_over_plain": ratios})
 
 
 if __name__ == "__main__":
