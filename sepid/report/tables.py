@@ -1,4 +1,4 @@
-"""Markdown tables of results, written next to ``metrics.json`` and pasted into the README."""
+"""Markdown tables of results, written next to ``metrics.json`` and quoted in the recipe READMEs and docs/demo.md."""
 
 SPEAKER_ROWS = (
     ("EER (%)", "eer", 100.0),
