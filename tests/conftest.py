@@ -5,12 +5,14 @@ speaker experiment trained once by the real speaker recipe, for the tests that n
 speaker model (joint, separation)."""
 
 import re
+import shutil
+import uuid
 from pathlib import Path
 
 import pytest
 
 from sepid.tiny import save_tiny_sepformer, save_tiny_wavlm
-from tests.helpers import Recipe, run_script
+from tests.helpers import ROOT, Recipe, run_script
 
 
 @pytest.fixture(scope="session")
@@ -106,3 +108,28 @@ def exported_joint(joint_run):
     command = re.search(r"(pretrained_interfaces/export\.py \S+ --out \S+)", log).group(1)
     run_script(command.split())
     return Path(command.split()[-1])
+
+
+@pytest.fixture(scope="session")
+def demo_driver_run():
+    """The offline demo (``recipes/demo/run.py``) run once per session on the tests' small setting
+    (``tests/recipes/test_demo_driver.py``: its speaker stage on test_demo_speaker's ``SHORT``
+    setting), inside the repository (as the demo writes under results/), every Python process
+    recording the files it opens; yields ``(output folder, first run, files opened outside the
+    repository)``. Shared by test_demo_driver.py and test_demo_speaker.py, which checked the same
+    stage with two runs before."""
+    from tests.recipes.test_demo_driver import run_driver
+
+    work = ROOT / "results" / "tests" / f"demo-driver-{uuid.uuid4().hex[:8]}"
+    out = work / "demo"
+    try:
+        first = run_driver(out, audit=work / "audit")
+        assert first.returncode == 0, (
+            f"the demo failed:\n{first.stdout[-3000:]}\n{first.stderr[-5000:]}"
+        )
+        outside = set()
+        for report in (work / "audit").glob("*.txt"):
+            outside |= set(report.read_text().split())
+        yield out, first, outside
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,19 +1,20 @@
-"""The offline demo's driver (``recipes/demo/run.py``, the README's main job) on an even smaller
-setting: every stage runs the real script and succeeds, the summary is written from the
+"""The offline demo's driver (``recipes/demo/run.py``, the README's main job) on a smaller
+setting, run once per session (tests/conftest.py::demo_driver_run, whose speaker stage
+test_demo_speaker.py checks too): every stage runs the real script and succeeds, the summary is written from the
 evaluations' own metrics files, no Python process of the demo opens a file outside the repository,
 a rerun skips every finished stage, and a failing stage stops the demo naming itself and the
 command that reruns it alone."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.recipes.test_demo_speaker import SHORT
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = "recipes/demo/run.py"
@@ -30,12 +31,11 @@ STAGES = [
     "joint-export",
     "use-exports",
 ]
-# The demo's stages, shortened: 20 training speakers for 2 epochs, 6 test mixtures, one short
-# joint epoch, no fbank baseline and no PESQ/STOI (the slowest metrics).
+# The demo's stages, shortened: the speaker stage on test_demo_speaker's SHORT setting (50
+# training speakers, 20 epochs of 1.5 s crops, no fbank baseline: the one speaker run both files
+# check), 6 test mixtures, one short joint epoch, no PESQ/STOI (the slowest metrics).
 SMALL = [
-    "speaker:--speakers=20",
-    "speaker:--number_of_epochs=2",
-    "speaker:--fbank_baseline=False",
+    *(f"speaker:{arg}" for arg in SHORT),
     "mixtures:--n_test=6",
     "separation:--separation_metrics=[si_sdr, sdr]",
     "joint:--number_of_epochs=1",
@@ -45,7 +45,7 @@ SMALL = [
 ]
 
 
-def _driver(out, *args, audit=None):
+def run_driver(out, *args, audit=None):
     env = {**os.environ}
     if audit is not None:  # every Python process of the demo records what it opens
         audit.mkdir(parents=True, exist_ok=True)
@@ -56,23 +56,10 @@ def _driver(out, *args, audit=None):
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """The whole demo, run once on the small setting inside the repository (as the demo writes
-    under results/); yields ``(output folder, first run, files opened outside the repo)``."""
-    work = ROOT / "results" / "tests" / f"demo-driver-{uuid.uuid4().hex[:8]}"
-    out = work / "demo"
-    try:
-        first = _driver(out, audit=work / "audit")
-        assert first.returncode == 0, (
-            f"the demo failed:\n{first.stdout[-3000:]}\n{first.stderr[-5000:]}"
-        )
-        outside = set()
-        for report in (work / "audit").glob("*.txt"):
-            outside |= set(report.read_text().split())
-        yield out, first, outside
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+@pytest.fixture
+def demo(demo_driver_run):
+    """The session's demo run (tests/conftest.py::demo_driver_run)."""
+    return demo_driver_run
 
 
 def test_every_stage_runs_and_the_summary_reads_the_metrics_files(demo):
@@ -107,7 +94,7 @@ def test_the_demo_opens_nothing_outside_the_repository(demo):
 
 def test_a_rerun_skips_every_finished_stage(demo):
     out, _, _ = demo
-    again = _driver(out)
+    again = run_driver(out)
     assert again.returncode == 0, again.stderr[-3000:]
     for name in STAGES:
         assert f"{name}: " in again.stdout and "done before, skipped" in again.stdout
@@ -116,7 +103,7 @@ def test_a_rerun_skips_every_finished_stage(demo):
 
 def test_a_failing_stage_stops_the_demo_and_names_the_command(demo):
     out, _, _ = demo
-    bad = _driver(out, "--stage_override=joint:--batch_size=two")
+    bad = run_driver(out, "--stage_override=joint:--batch_size=two")
     assert bad.returncode != 0
     assert "stage 'joint-train' failed" in bad.stderr
     assert "Rerun it alone with:\n    python recipes/joint/train.py" in bad.stderr
@@ -125,7 +112,7 @@ def test_a_failing_stage_stops_the_demo_and_names_the_command(demo):
 
 def test_a_changed_stage_reruns_with_every_later_one(demo):
     out, _, _ = demo
-    again = _driver(out, "--stage_override=mixtures:--seed=7", "--until=mixtures", "--overwrite")
+    again = run_driver(out, "--stage_override=mixtures:--seed=7", "--until=mixtures", "--overwrite")
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done before, skipped") == STAGES.index("mixtures")
     assert "[5/11] mixtures: two-speaker" in again.stdout and "done in" in again.stdout
