@@ -72,6 +72,31 @@ def speaker_experiment(tmp_path_factory, speaker_recipe):
 
 
 @pytest.fixture(scope="session")
+def speaker_torchrun(tmp_path_factory, speaker_recipe):
+    """Two epochs of the tests' speaker setting trained by torchrun (2 CPU processes, gloo) with
+    the speaker YAML's ``activation_checkpointing: True``: one run serving test_ddp.py (which
+    evaluates it with two processes and with one) and test_resume_exact.py (the uninterrupted run
+    a killed and resumed torchrun run must equal). Returns ``(command, output folder)``, where
+    ``command(out)`` is the run's command line (after ``python``) for output folder ``out``."""
+
+    def command(out):
+        return [
+            *("-m", "torch.distributed.run", "--nproc_per_node=2"),
+            *speaker_recipe.command(
+                "recipes/speaker/train.py",
+                f"--output_folder={out}",
+                "--number_of_epochs=2",
+                "--distributed_backend=gloo",
+                "--activation_checkpointing=True",
+            ),
+        ]
+
+    out = tmp_path_factory.mktemp("speaker-torchrun") / "run"
+    run_script(command(out))
+    return command, out
+
+
+@pytest.fixture(scope="session")
 def exported_speaker(speaker_experiment, tmp_path_factory):
     """The session's speaker experiment exported by pretrained_interfaces/export.py (merged LoRA,
     no threshold: not evaluated), as the separation and joint recipes take it."""

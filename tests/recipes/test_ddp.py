@@ -11,18 +11,24 @@ from sepid.data.manifest import read_csv
 from tests.helpers import run_script
 
 
-def test_torchrun_two_processes_train_and_evaluate(tmp_path, speaker_recipe, monkeypatch):
+def test_torchrun_two_processes_train_and_evaluate(
+    tmp_path, speaker_recipe, speaker_torchrun, monkeypatch
+):
+    """The training is the session's torchrun speaker run (tests/conftest.py::speaker_torchrun,
+    2 epochs, the resume test's uninterrupted run too), evaluated here with two processes and
+    with one."""
     ddp = ["-m", "torch.distributed.run", "--nproc_per_node=2"]
-    train, evaluate = "recipes/speaker/train.py", "recipes/speaker/evaluate.py"
-    out, gloo = f"--output_folder={tmp_path}", "--distributed_backend=gloo"
+    evaluate = "recipes/speaker/evaluate.py"
+    _, trained = speaker_torchrun
+    out, gloo = f"--output_folder={trained}", "--distributed_backend=gloo"
+    # logged once per epoch, not per rank
+    assert len((trained / "train_log.txt").read_text().strip().splitlines()) == 2
     # at the YAML's eval_batch_size: a shard's batches hold other utterances than one process's,
     # and an utterance's embedding does not depend on its batch (issue 18)
-    run_script([*ddp, *speaker_recipe.command(train, gloo, out, "--number_of_epochs=1")])
-    assert len((tmp_path / "train_log.txt").read_text().strip().splitlines()) == 1
     run_script([*ddp, *speaker_recipe.command(evaluate, gloo, out)])
-    result = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    result = json.loads((trained / "eval" / "metrics.json").read_text())
     assert result["models"]["finetuned"]["verification"]["cosine"]["n_target"] > 0
-    cache = torch.load(tmp_path / "eval" / "embeddings_finetuned.pt", weights_only=True)
+    cache = torch.load(trained / "eval" / "embeddings_finetuned.pt", weights_only=True)
     assert len(cache["ids"]) == len(set(cache["ids"])) == 75  # 50 eval + 25 train-speaker utts
     # a single-process rerun finds every embedding in the cache the two ranks wrote
     log = run_script(speaker_recipe.command(evaluate, out))
@@ -33,7 +39,7 @@ def test_torchrun_two_processes_train_and_evaluate(tmp_path, speaker_recipe, mon
     alone = tmp_path / "eval-one-process"
     run_script(speaker_recipe.command(evaluate, out, f"--eval_folder={alone}"))
     two_ranks, one = (
-        read_csv(tmp_path / "eval" / "scores_verification.csv"),
+        read_csv(trained / "eval" / "scores_verification.csv"),
         read_csv(alone / "scores_verification.csv"),
     )
     assert len(two_ranks) == len(one) > 0
@@ -44,7 +50,7 @@ def test_torchrun_two_processes_train_and_evaluate(tmp_path, speaker_recipe, mon
                 assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-5), key
             else:
                 assert a[key] == b[key], key
-    cosine = [json.loads((f / "metrics.json").read_text()) for f in (tmp_path / "eval", alone)]
+    cosine = [json.loads((f / "metrics.json").read_text()) for f in (trained / "eval", alone)]
     eers = [m["models"]["finetuned"]["verification"]["cosine"]["eer"] for m in cosine]
     assert eers[0] == pytest.approx(eers[1], abs=1e-6)
 

@@ -130,9 +130,11 @@ def test_joint_recipe_resumes_bit_exact(tmp_path, joint_recipe, speaker_experime
     resumed_equals_uninterrupted(command, tmp_path)
 
 
-def test_speaker_recipe_resumes_bit_exact_under_torchrun(tmp_path, speaker_recipe):
+def test_speaker_recipe_resumes_bit_exact_under_torchrun(tmp_path, speaker_torchrun):
     """Two DDP processes (gloo): each rank's generators are gathered into the checkpoint and each
-    rank gets its own back.
+    rank gets its own back. The uninterrupted run is the session's torchrun speaker run
+    (tests/conftest.py::speaker_torchrun, which test_ddp.py evaluates too); the killed and resumed
+    run has its command line.
 
     Both runs train with the speaker YAML's ``activation_checkpointing: True`` (issue 23: the
     option works under torchrun, and a resumed run with it continues exactly): each WavLM layer is
@@ -141,22 +143,11 @@ def test_speaker_recipe_resumes_bit_exact_under_torchrun(tmp_path, speaker_recip
     gets no gradient and DDP stops at the second step, "Expected to have finished reduction").
     Checkpointed == plain is pinned by tests/unit/test_activation_checkpointing.py, so this one
     pair of runs covers the option under DDP and resume without a run of its own."""
-    ddp = ["-m", "torch.distributed.run", "--nproc_per_node=2"]
-
-    def command(out):
-        return [
-            *ddp,
-            *speaker_recipe.command(
-                "recipes/speaker/train.py",
-                f"--output_folder={out}",
-                f"--number_of_epochs={EPOCHS}",
-                "--distributed_backend=gloo",
-                "--activation_checkpointing=True",
-            ),
-        ]
-
-    uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
-    run_script(command(uninterrupted))
+    command, uninterrupted = speaker_torchrun
+    assert "--number_of_epochs=2" in command(uninterrupted) and EPOCHS == 2
+    resumed = tmp_path / "resumed"
+    ddp = command(resumed)[:3]
+    assert ddp == ["-m", "torch.distributed.run", "--nproc_per_node=2"]
     # both ranks killed at the first batch of the last epoch (torchrun then fails)
     proc = subprocess.run(
         [sys.executable, *ddp, "tests/crash.py", f"batch:{EPOCHS}:1", "--", *command(resumed)[3:]],
