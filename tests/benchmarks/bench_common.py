@@ -156,10 +156,15 @@ def checkpointing_ratios(records, case_keys, label):
         if not r["activation_checkpointing"]:
             continue
         base = next(
-            b
-            for b in records
-            if not b["activation_checkpointing"] and all(b[k] == r[k] for k in case_keys)
+            (
+                b
+                for b in records
+                if not b["activation_checkpointing"] and all(b[k] == r[k] for k in case_keys)
+            ),
+            None,
         )
+        if base is None:  # the plain case was not run
+            continue
         ratios[label(r)] = {
             key: round(r[key] / base[key], 3)
             for key in ("seconds_per_step", "cpu_seconds_per_step", "peak_heap_gib", "peak_rss_gib")
