@@ -158,3 +158,17 @@ def demo_driver_run():
         yield out, first, outside
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def speaker_evaluated(tmp_path_factory, speaker_recipe, speaker_experiment):
+    """A copy of the session's speaker experiment evaluated once by recipes/speaker/evaluate.py
+    (eval/metrics.json, the embedding tables, the EER threshold; its hyperparams.yaml names this
+    folder, so export.py takes it). Shared read-only by test_publish.py,
+    test_speaker_interface.py and test_speaker_sources.py, which each evaluated their own copy
+    before: a test that writes into a run copies this folder and evaluates or trains the copy
+    (export.py needs the run's YAML to name the folder it reads)."""
+    out = tmp_path_factory.mktemp("speaker-evaluated") / "run"
+    shutil.copytree(speaker_experiment, out)
+    run_script(speaker_recipe.command("recipes/speaker/evaluate.py", f"--output_folder={out}"))
+    return out

@@ -30,7 +30,7 @@ from pretrained_interfaces.export import (
 )
 from pretrained_interfaces.speaker.custom_interface import WavLMSpeakerInterface
 from sepid.speaker.encoder import embed_in_chunks
-from tests.helpers import CORPUS, run_script
+from tests.helpers import CORPUS
 from tests.hub_server import HubServer, listing
 
 TRAIN_SPEAKERS = {
@@ -63,18 +63,15 @@ def load(folder, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def run(speaker_experiment, speaker_recipe, tmp_path_factory):
-    """A copy of the session's trained demo model, evaluated (eval/metrics.json: the model card
-    results and the EER threshold)."""
-    out = tmp_path_factory.mktemp("interface") / "run"
-    shutil.copytree(speaker_experiment, out)
-    run_script(speaker_recipe.command("recipes/speaker/evaluate.py", f"--output_folder={out}"))
-    return out
+def run(speaker_evaluated):
+    """The session's trained tiny model, evaluated (eval/metrics.json: the model card results and
+    the EER threshold); shared with other files, so read here, never written."""
+    return speaker_evaluated
 
 
 @pytest.fixture(scope="module")
-def exported(run):
-    return export_speaker(run_folder=run, out=run.parent / "exported")
+def exported(run, tmp_path_factory):
+    return export_speaker(run_folder=run, out=tmp_path_factory.mktemp("interface") / "exported")
 
 
 @pytest.fixture(scope="module")
@@ -189,11 +186,11 @@ def test_export_loads_with_no_file_of_the_repository(exported, model, tmp_path):
     torch.testing.assert_close(torch.load(out), model.encode_file(wav), atol=ATOL, rtol=0)
 
 
-def test_adapters_export_round_trip(run, tmp_path, training_encoder):
+def test_adapters_export_round_trip(run, exported, tmp_path, training_encoder):
     """--adapters: LoRA tensors and head only, base WavLM weights fetched by the Pretrainer from
     the base model; same embeddings, a smaller weight file."""
     out = export_speaker(run_folder=run, out=tmp_path / "adapters", adapters=True)
-    merged_size = (run.parent / "exported" / "embedder.ckpt").stat().st_size
+    merged_size = (exported / "embedder.ckpt").stat().st_size
     assert (out / "embedder.ckpt").stat().st_size < merged_size
     # a local base model outside the repository is a placeholder (issue 22 item 3), given on load
     assert '"<wavlm_source>/model.safetensors"' in (out / "hyperparams.yaml").read_text()

@@ -19,14 +19,14 @@ SCORE_ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def evaluated(speaker_experiment, speaker_recipe, tmp_path_factory):
+def evaluated(speaker_evaluated, speaker_recipe, tmp_path_factory):
     root = tmp_path_factory.mktemp("sources")
+    # the run's checkpoint evaluated (run/eval): the session's evaluation, exported from there
+    # (its YAML names that folder), then copied here, as the second evaluation writes into it
+    exported = export_speaker(run_folder=speaker_evaluated, out=root / "exported")
     run = root / "run"
-    shutil.copytree(speaker_experiment, run)
+    shutil.copytree(speaker_evaluated, run)
     evaluate = "recipes/speaker/evaluate.py"
-    # the run's checkpoint: run/eval (and the run's YAML names this folder)
-    run_script(speaker_recipe.command(evaluate, f"--output_folder={run}"))
-    exported = export_speaker(run_folder=run, out=root / "exported")
     ecapa = save_tiny_ecapa(root / "tiny-ecapa")
     log = run_script(
         speaker_recipe.command(
