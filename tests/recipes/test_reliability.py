@@ -2,6 +2,7 @@
 (issue 10 rows 5, 9, 10, 11): one run per output folder, a folder that can be written, overrides
 of the right type, data that can train a classifier."""
 
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,20 @@ def fails(*args):
     )
     assert proc.returncode != 0, f"{args} succeeded:\n{proc.stderr[-2000:]}"
     return proc.stdout + proc.stderr
+
+
+def refused_here(script, *args):
+    """Runs a recipe script in this process as ``python script args`` runs it (``runpy``, as
+    ``__main__``, from the repository root) where it must refuse its arguments with a
+    ``ValueError`` before any work; returns the message. For the checks that precede the output
+    folder's lock and any import-time difference: the same code as :func:`fails` without a second
+    interpreter (torch, SpeechBrain and transformers imported again, ~6 s each)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(ROOT)
+        patch.setattr(sys, "argv", [str(ROOT / script), *map(str, args)])
+        with pytest.raises(ValueError) as refused:
+            runpy.run_path(str(ROOT / script), run_name="__main__")
+    return str(refused.value)
 
 
 HOLD_LOCK = (
@@ -92,7 +107,7 @@ def test_an_output_folder_that_cannot_be_written_is_named(tmp_path, speaker_reci
 
 
 def test_an_override_of_the_wrong_type_is_refused_before_any_work(tmp_path, speaker_recipe):
-    err = fails(
+    err = refused_here(
         *speaker_recipe.command(TRAIN, f"--output_folder={tmp_path}", "--batch_size", "abc")
     )
     assert "--batch_size='abc': expected a number" in err
@@ -113,7 +128,7 @@ def test_an_override_of_the_wrong_type_is_refused_before_any_work(tmp_path, spea
 def test_an_override_out_of_range_is_named_before_any_work(
     tmp_path, speaker_recipe, override, message
 ):
-    err = fails(*speaker_recipe.command(TRAIN, f"--output_folder={tmp_path}", override))
+    err = refused_here(*speaker_recipe.command(TRAIN, f"--output_folder={tmp_path}", override))
     assert message in err
     assert "total_steps=-" not in err  # not a key derived from the one given
     assert not (tmp_path / "prep").exists()
