@@ -70,7 +70,6 @@ from pretrained_interfaces.folder import (  # noqa: E402
     SEPARATOR_FILES,
     check_output_target,
     interface_hparams,
-    interface_module,
     joint_interface_source,
     speaker_values,
 )
@@ -104,7 +103,6 @@ __all__ = [
     "export_joint",
     "export_speaker",
     "interface_hparams",
-    "interface_module",
     "is_joint_run",
     "joint_interface_source",
     "joint_model_card",

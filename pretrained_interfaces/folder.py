@@ -3,7 +3,6 @@
 ``custom_interface.py`` files with their inlined code, and the rules for where a folder may be
 written."""
 
-import functools
 import importlib.util
 import json
 import os
@@ -36,19 +35,6 @@ SEPARATOR_FILES = {
 }
 # |exported - checkpoint| allowed on the self-check's separated signals (same float32 modules)
 SEPARATION_ATOL = 1e-5
-
-
-@functools.lru_cache(maxsize=1)
-def interface_module():
-    """``pretrained_interfaces/speaker/custom_interface.py``, imported by path (the file every
-    exported folder carries, as :func:`speaker_interface_source` writes it, is not part of an
-    installed package); this repository's copy imports its model code from ``sepid``."""
-    name = "sepid_export_speaker_interface"
-    spec = importlib.util.spec_from_file_location(name, INTERFACE_DIR / INTERFACE_FILE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _set_value(text, key, value, template=INTERFACE_DIR / "hyperparams.yaml"):
