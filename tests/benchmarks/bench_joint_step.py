@@ -210,15 +210,15 @@ def main():
     records = []
     for config in args.configs:
         for batch_size in args.batch_sizes:
+            case = [
+                f"--config={config}",
+                f"--batch_size={batch_size}",
+                f"--steps={args.steps}",
+                f"--seconds={args.seconds}",
+                f"--threads={args.threads}",
+            ]
             for checkpointing in args.checkpointing:
-                options = [
-                    f"--config={config}",
-                    f"--batch_size={batch_size}",
-                    f"--checkpointing={checkpointing}",
-                    f"--steps={args.steps}",
-                    f"--seconds={args.seconds}",
-                    f"--threads={args.threads}",
-                ]
+                options = [*case, f"--checkpointing={checkpointing}"]
                 if batch_size == args.batch_sizes[0]:
                     options.append("--attribute")
                 records.append(run_case(__file__, *options))
@@ -226,13 +226,9 @@ def main():
                 # glibc returns freed blocks above this size to the system at once: RSS follows
                 # the live heap more closely (a CPU-training setting; GPUs use torch's allocator)
                 threshold = args.malloc_mmap_threshold
-                options = [
-                    o for o in options if o.startswith(("--steps", "--seconds", "--threads"))
-                ]
-                options += [f"--config={config}", f"--batch_size={batch_size}"]
                 record = run_case(
                     __file__,
-                    *options,
+                    *case,
                     "--checkpointing=on",
                     env={"MALLOC_MMAP_THRESHOLD_": str(threshold)},
                 )
