@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from sepid.tiny import save_tiny_sepformer, save_tiny_wavlm
-from tests.helpers import ROOT, Recipe, run_script
+from tests.helpers import _FORK_SERVER, ROOT, Recipe, run_demo_driver, run_script
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How the session's ``python ...`` commands of tests.helpers.run_python ran."""
+    counts = ", ".join(f"{n} {how}" for how, n in _FORK_SERVER.counts.items())
+    terminalreporter.write_line(f"script commands (tests/forkserver.py): {counts}")
 
 
 @pytest.fixture(scope="session")
@@ -138,17 +144,15 @@ def exported_joint(joint_run):
 @pytest.fixture(scope="session")
 def demo_driver_run():
     """The offline demo (``recipes/demo/run.py``) run once per session on the tests' small setting
-    (``tests/recipes/test_demo_driver.py``: its speaker stage on test_demo_speaker's ``SHORT``
+    (``tests/recipes/test_demo_driver.py``: its speaker stage on ``tests.helpers.DEMO_SPEAKER_SHORT``
     setting), inside the repository (as the demo writes under results/), every Python process
     recording the files it opens; yields ``(output folder, first run, files opened outside the
     repository)``. Shared by test_demo_driver.py and test_demo_speaker.py, which checked the same
     stage with two runs before."""
-    from tests.recipes.test_demo_driver import run_driver
-
     work = ROOT / "results" / "tests" / f"demo-driver-{uuid.uuid4().hex[:8]}"
     out = work / "demo"
     try:
-        first = run_driver(out, audit=work / "audit")
+        first = run_demo_driver(out, audit=work / "audit")
         assert first.returncode == 0, (
             f"the demo failed:\n{first.stdout[-3000:]}\n{first.stderr[-5000:]}"
         )

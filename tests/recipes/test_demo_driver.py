@@ -6,18 +6,15 @@ a rerun skips every finished stage, and a failing stage stops the demo naming it
 command that reruns it alone."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.recipes.test_demo_speaker import SHORT
+from tests.helpers import run_demo_driver as run_driver
 
 ROOT = Path(__file__).resolve().parents[2]
-DRIVER = "recipes/demo/run.py"
 STAGES = [
     "tiny-wavlm",
     "speaker-train",
@@ -31,29 +28,6 @@ STAGES = [
     "joint-export",
     "use-exports",
 ]
-# The demo's stages, shortened: the speaker stage on test_demo_speaker's SHORT setting (50
-# training speakers, 20 epochs of 1.5 s crops, no fbank baseline: the one speaker run both files
-# check), 6 test mixtures, one short joint epoch, no PESQ/STOI (the slowest metrics).
-SMALL = [
-    *(f"speaker:{arg}" for arg in SHORT),
-    "mixtures:--n_test=6",
-    "separation:--separation_metrics=[si_sdr, sdr]",
-    "joint:--number_of_epochs=1",
-    "joint:--n_train_mixtures=8",
-    "joint:--n_valid_mixtures=2",
-    "joint:--separation_metrics=[si_sdr, sdr]",
-]
-
-
-def run_driver(out, *args, audit=None):
-    env = {**os.environ}
-    if audit is not None:  # every Python process of the demo records what it opens
-        audit.mkdir(parents=True, exist_ok=True)
-        env["SEPID_AUDIT_OPEN"] = str(audit)
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests" / "audit"), str(ROOT)])
-    cmd = [sys.executable, DRIVER, f"--output_folder={out}"]
-    cmd += [f"--stage_override={o}" for o in SMALL] + list(args)
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
 
 
 @pytest.fixture

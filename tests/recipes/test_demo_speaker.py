@@ -4,7 +4,7 @@ on a shorter setting: it learns (the trained model beats its untrained self on t
 test-other speakers) and it opens no file outside the repository.
 
 The stage is the one the demo driver runs in the session's demo (tests/conftest.py::
-demo_driver_run, whose speaker stage takes ``SHORT`` below, with the demo's seed 1986, the YAML's
+demo_driver_run, whose speaker stage takes ``tests.helpers.DEMO_SPEAKER_SHORT``, with the demo's seed 1986, the YAML's
 default, which the separate run this file made before used too): the same train.py and
 evaluate.py commands, so one speaker training serves both files (run alone, this file runs the
 whole small demo: about twice its old cost; in the suite it saves its own run)."""
@@ -17,17 +17,6 @@ import pytest
 from sepid.data.manifest import read_csv
 
 ROOT = Path(__file__).resolve().parents[2]
-# Shorter than the demo (see docs/demo.md): the first 50 training speakers, 20 epochs of
-# 1.5 s crops in batches of 8 (120 steps), no fbank baseline. Chosen, like the demo's settings,
-# on held-out train-clean-100 speakers (tests/benchmarks/bench_demo_speaker.py --split dev
-# --tag ci-s50 --n_train_speakers 50; its records are quoted below).
-SHORT = [
-    "--speakers=50",
-    "--number_of_epochs=20",
-    "--batch_size=8",
-    "--segment_seconds=1.5",
-    "--fbank_baseline=False",
-]
 # The trained model's EER must be at most this fraction of the untrained model's on the unseen
 # test-other speakers. Taken from the dev runs of this setting (tests/benchmarks/results/
 # demo_speaker.jsonl, split dev, tag ci-s50, setting_id 6640dc610cb5, after the batch-exact

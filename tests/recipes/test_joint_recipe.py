@@ -6,8 +6,6 @@ recipes/joint/train.py on dynamic mixtures of the LibriSpeech sample."""
 import importlib.util
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from data_prep.make_mixtures import make_mixtures
 from pretrained_interfaces.export import export_speaker
 from sepid.data.mixtures import mixture_collate
 from sepid.speaker.source import check_source
-from tests.helpers import CORPUS, held_out_test_mixtures, run_script
+from tests.helpers import CORPUS, held_out_test_mixtures, run_python, run_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SEPARATOR = ("separator_encoder", "masknet", "separator_decoder")
@@ -129,13 +127,7 @@ def test_si_snr_loss_alone_does_not_train_the_speaker_branch(options, tmp_path, 
 def crash(point, args):
     """Runs the recipe through tests/crash.py, which SIGKILLs it at ``point`` (deterministic:
     a batch or a checkpoint file, never a timer); returns its stderr."""
-    proc = subprocess.run(
-        [sys.executable, "tests/crash.py", point, "--", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_python(["tests/crash.py", point, "--", *args])
     assert proc.returncode == -9, f"not killed at {point}:\n{proc.stderr[-3000:]}"
     return proc.stderr
 
@@ -373,19 +365,12 @@ def test_joint_forward_follows_the_device(options, tmp_path, joint_recipe):
     assert next(brain.modules.masknet.parameters()).grad.device.type == "meta"
 
 
-def flatten(tree, prefix=""):
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    return {k: v for key, sub in tree.items() for k, v in flatten(sub, f"{prefix}.{key}").items()}
-
-
 def test_torchrun_joint_training_and_evaluation_match_one_process(
-    speaker_model, options, tmp_path, joint_recipe
+    speaker_model, options, tmp_path, joint_recipe, monkeypatch
 ):
     """The joint recipe and its evaluation under torchrun (2 CPU processes, gloo): training runs
     and checkpoints once; the evaluation shards the mixtures across ranks and gathers them, so
-    its per-mixture results equal a single-process run's.
+    its per-mixture results and summaries equal a single-process run's at one thread, exactly.
 
     The training runs with ``activation_checkpointing: True`` (issue 23: the option works under
     torchrun): DDP's gradient hooks fire during the recomputation in the backward pass, which the
@@ -412,15 +397,13 @@ def test_torchrun_joint_training_and_evaluation_match_one_process(
     eval_folder = tmp_path / "out" / "eval"
     two_ranks = {str(p): p.read_text() for p in eval_folder.rglob("per_mixture.csv")}
     metrics_two = json.loads((eval_folder / "metrics.json").read_text())
-    run_script(joint_recipe.command(*evaluate))  # one process
+    # one process, at one thread as each rank had (torchrun's default with several processes):
+    # at two threads the separator sums in another order, and a value on a rounding boundary
+    # differs in its last printed digit (seen: an SI-SDR of -22.4755 dB against -22.4756)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    run_script(joint_recipe.command(*evaluate))
     one = {str(p): p.read_text() for p in eval_folder.rglob("per_mixture.csv")}
     metrics_one = json.loads((eval_folder / "metrics.json").read_text())
     assert two_ranks and two_ranks == one
-    # the summaries: equal up to float summation order (the separator's threads)
-    flat_two, flat_one = flatten(metrics_two["systems"]), flatten(metrics_one["systems"])
-    assert flat_two.keys() == flat_one.keys()
-    for key, value in flat_one.items():
-        assert flat_two[key] == (
-            pytest.approx(value, rel=1e-6, abs=1e-6) if isinstance(value, float) else value
-        ), key
+    assert metrics_two["systems"] == metrics_one["systems"]
     assert metrics_one["systems"]["joint model"]["n_mixtures"] == 4

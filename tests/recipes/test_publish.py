@@ -11,7 +11,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
@@ -26,7 +25,7 @@ from speechbrain.inference.interfaces import foreign_class
 from pretrained_interfaces.cards import speaker_training_text
 from pretrained_interfaces.export import REPOSITORY, export_joint, export_speaker, main
 from pretrained_interfaces.runs import _top_level, _value, speaker_source_threshold
-from tests.helpers import CORPUS, ROOT, held_out_test_mixtures, run_script
+from tests.helpers import CORPUS, ROOT, held_out_test_mixtures, run_python, run_script
 from tests.hub_server import HubServer, SilentServer, listing
 
 TOKEN = "hf_publish_secret_0123456789"
@@ -38,12 +37,9 @@ def export_script(*args, env=None, timeout=600):
     """``python pretrained_interfaces/export.py *args`` from the repository root: for what needs
     a process of its own (the Hub endpoint read at import, a traceback on stderr, the exit code);
     the options alone are checked through ``main`` in this process (no second interpreter)."""
-    return subprocess.run(
-        [sys.executable, "pretrained_interfaces/export.py", *map(str, args)],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
+    return run_python(
+        ["pretrained_interfaces/export.py", *args],
+        env={**os.environ, **env} if env else None,
         timeout=timeout,
     )
 

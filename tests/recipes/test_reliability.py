@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sepid.training.experiment import LOCK_NAME
+from tests.helpers import run_python
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN = "recipes/speaker/train.py"
@@ -17,9 +18,7 @@ TRAIN = "recipes/speaker/train.py"
 
 def fails(*args):
     """Runs a recipe script that must fail; returns its output."""
-    proc = subprocess.run(
-        [sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
+    proc = run_python(args)
     assert proc.returncode != 0, f"{args} succeeded:\n{proc.stderr[-2000:]}"
     return proc.stdout + proc.stderr
 

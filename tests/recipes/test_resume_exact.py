@@ -5,15 +5,13 @@ saved tensor (weights, optimizer moments, scheduler state) equal (``torch.equal`
 uninterrupted run of the same seed, and log the same validation metrics."""
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.helpers import run_script
+from tests.helpers import run_python, run_script
 from tests.recipes.test_joint_recipe import crash
 
 EPOCHS = 2
@@ -149,13 +147,7 @@ def test_speaker_recipe_resumes_bit_exact_under_torchrun(tmp_path, speaker_torch
     ddp = command(resumed)[:3]
     assert ddp == ["-m", "torch.distributed.run", "--nproc_per_node=2"]
     # both ranks killed at the first batch of the last epoch (torchrun then fails)
-    proc = subprocess.run(
-        [sys.executable, *ddp, "tests/crash.py", f"batch:{EPOCHS}:1", "--", *command(resumed)[3:]],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_python([*ddp, "tests/crash.py", f"batch:{EPOCHS}:1", "--", *command(resumed)[3:]])
     assert proc.returncode != 0
     assert len(list((resumed / "save").glob("CKPT+*"))) == 1
     states = torch.load(

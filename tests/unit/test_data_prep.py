@@ -25,6 +25,7 @@ from sepid.data.schema import SEGMENT_COLUMNS, TRIAL_COLUMNS
 from sepid.data.schema import UTTERANCE_COLUMNS as UTT_COLUMNS
 from sepid.data.speakers import select_speakers
 from sepid.data.voxceleb import prepare_voxceleb
+from tests.helpers import run_python
 
 REPO = Path(__file__).resolve().parents[2]
 LIBRI = REPO / "tests/samples/librispeech-mini/test-other"
@@ -258,12 +259,9 @@ def test_voxceleb_cli(vox, tmp_path):
     assert len(ids(save, "valid.csv")) == 0 and len(ids(save, "iden_test.csv")) == 2
     # also runs as a script from the repo root
     save2 = tmp_path / "script"
-    proc = subprocess.run(
-        [sys.executable, "data_prep/voxceleb_prepare.py", "--data_folder", str(data)]
-        + ["--save_folder", str(save2), "--speakers", "2"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    proc = run_python(
+        ["data_prep/voxceleb_prepare.py", "--data_folder", data, "--save_folder", save2]
+        + ["--speakers", "2"],
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
@@ -559,7 +557,6 @@ def test_ffmpeg_missing(tmp_path, clips, monkeypatch):
 FAKE_FFMPEG = """#!{python}
 import sys
 import soundfile as sf
-import torch
 args = sys.argv[1:]
 src, dst = args[args.index("-i") + 1], args[-1]
 with open({log!r}, "a") as f:
