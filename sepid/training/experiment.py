@@ -159,7 +159,8 @@ def lock_output_folder(folder, option="--output_folder"):
 
     The lock is an ``fcntl.flock`` on ``<folder>/.run.lock``: the operating system releases it
     when the process ends however it ends (exit, exception, ``kill -9``), so a lock left by a
-    dead process never blocks a rerun. (Some network file systems do not support ``flock``;
+    dead process never blocks a rerun. Processes forked from this one do not hold it
+    (:func:`_drop_in_child`). (Some network file systems do not support ``flock``;
     there the lock is not enforced.)
     """
     folder = Path(folder).resolve()
@@ -186,6 +187,17 @@ def lock_output_folder(folder, option="--output_folder"):
     )
     lock_file.flush()
     _held_locks[folder] = lock_file
+    os.register_at_fork(after_in_child=lambda: _drop_in_child(lock_file.fileno()))
+
+
+def _drop_in_child(fd):
+    """In a process forked from the lock holder (a DataLoader worker, a metric pool worker):
+    the lock's file descriptor is pointed at ``/dev/null``, so that the lock is the holder's
+    alone. Otherwise a worker left running for a moment after its parent was killed (``kill
+    -9``; it exits once it sees its parent gone) still holds the lock and refuses the rerun."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, fd)
+    os.close(null)
 
 
 def guard_output_folder(folder, option="--output_folder"):

@@ -2,6 +2,7 @@
 (issue 10 rows 5, 9, 10, 11): one run per output folder, a folder that can be written, overrides
 of the right type, data that can train a classifier."""
 
+import os
 import runpy
 import subprocess
 import sys
@@ -89,6 +90,35 @@ def test_a_lock_of_a_killed_process_does_not_block(tmp_path):
     holder.wait()
     assert (tmp_path / LOCK_NAME).is_file()
     assert can_lock(tmp_path)
+
+
+FORK_A_WORKER_AND_DIE = (
+    "import os, signal, sys; from sepid.training.experiment import lock_output_folder; "
+    "lock_output_folder(sys.argv[1]); pid = os.fork(); "
+    "(sys.stdin.read(), os._exit(0)) if pid == 0 else None; "
+    "print(pid, flush=True); os.kill(os.getpid(), signal.SIGKILL)"
+)
+
+
+def test_a_worker_outliving_its_killed_parent_does_not_hold_the_lock(tmp_path):
+    """A process forked by the lock holder (as a DataLoader worker is) and still running after
+    the holder was killed does not block the rerun: it never held the lock. (Before, a run
+    killed with num_workers=1 was refused by its rerun until the orphaned worker noticed and
+    exited.)"""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", FORK_A_WORKER_AND_DIE, str(tmp_path)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    worker = int(holder.stdout.readline())
+    assert holder.wait() == -9
+    try:
+        os.kill(worker, 0)  # the worker is still running (it waits on its stdin)
+        assert can_lock(tmp_path)
+    finally:
+        holder.stdin.close()  # the worker's stdin too: it exits
 
 
 @pytest.mark.parametrize("folder", ["/proc/sepid-cannot-write", "READONLY"])
