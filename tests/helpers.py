@@ -33,6 +33,12 @@ class _ForkServer:
         the server's in the variables its imports may read (:data:`_READ_AT_IMPORT`)."""
         return _comparable(os.environ) == _comparable(self.env)
 
+    def close(self):
+        """Ends the server and waits for it, so that its CPU time (and its commands') counts in
+        this process's, as a command's run as a child of this process would."""
+        self.proc.stdin.close()
+        self.proc.wait()
+
     def reply(self, timeout=None):
         """The server's next JSON line, or None after ``timeout`` seconds without one."""
         while b"\n" not in self.pending:
@@ -56,7 +62,7 @@ class _ForkServer:
                 env=self.env,
             )
             self.pending = b""
-            atexit.register(self.proc.stdin.close)
+            atexit.register(self.close)
         with tempfile.TemporaryDirectory() as tmp:
             out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
             request = {
