@@ -44,16 +44,21 @@ HOLD_LOCK = (
 )
 
 
-def lock_holder(folder):
-    """Another process holding the lock on ``folder``, from the moment this returns (it says
-    so on its stdout: no timing) until its stdin is closed or it is killed."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(folder)],
+def python_c(code, folder):
+    """``python -c code folder`` with its stdin and stdout piped to this process."""
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(folder)],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
+
+
+def lock_holder(folder):
+    """Another process holding the lock on ``folder``, from the moment this returns (it says
+    so on its stdout: no timing) until its stdin is closed or it is killed."""
+    holder = python_c(HOLD_LOCK, folder)
     assert holder.stdout.readline().strip() == "locked"
     return holder
 
@@ -105,13 +110,7 @@ def test_a_worker_outliving_its_killed_parent_does_not_hold_the_lock(tmp_path):
     the holder was killed does not block the rerun: it never held the lock. (Before, a run
     killed with num_workers=1 was refused by its rerun until the orphaned worker noticed and
     exited.)"""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", FORK_A_WORKER_AND_DIE, str(tmp_path)],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = python_c(FORK_A_WORKER_AND_DIE, tmp_path)
     worker = int(holder.stdout.readline())
     assert holder.wait() == -9
     try:
