@@ -144,8 +144,8 @@ def exported_joint(joint_run):
 @pytest.fixture(scope="session")
 def demo_driver_run():
     """The offline demo (``recipes/demo/run.py``) run once per session on the tests' small setting
-    (``tests/recipes/test_demo_driver.py``: its speaker stage on ``tests.helpers.DEMO_SPEAKER_SHORT``
-    setting), inside the repository (as the demo writes under results/), every Python process
+    (``tests/recipes/test_demo_driver.py``: its speaker stage on
+    ``tests.helpers.DEMO_SPEAKER_SHORT``), inside the repository (as the demo writes under results/), every Python process
     recording the files it opens; yields ``(output folder, first run, files opened outside the
     repository)``. Shared by test_demo_driver.py and test_demo_speaker.py, which checked the same
     stage with two runs before."""

@@ -15,9 +15,10 @@ packages, so the code under test is read from disk by each command as before.
 What a fresh interpreter does differently, and why it does not matter here: the third-party
 modules were imported before the command's environment was set, so a variable read at import
 (``HF_ENDPOINT``, ``OMP_NUM_THREADS``, ``PYTHONPATH``) must not differ from the server's: the
-client (:func:`run_python`) sends only commands whose environment equals its own and runs the rest
-(``env=...``) as plain subprocesses. ``SEPID_TESTS_FORKSERVER=0`` runs every command as a plain
-subprocess (a fresh interpreter each).
+client (``tests.helpers.run_python``) forks only commands whose environment equals the server's in
+the variables such imports may read (``tests.helpers._READ_AT_IMPORT``) and runs the rest (an
+``env=...`` of their own, ``python -c``) as plain subprocesses. ``SEPID_TESTS_FORKSERVER=0`` runs
+every command as a plain subprocess (a fresh interpreter each).
 
 Protocol (one command at a time): the client writes a JSON line ``{"argv", "env", "stdout",
 "stderr"}``; the server forks, answers ``{"pid"}``, waits, and answers ``{"returncode"}``.

@@ -122,9 +122,10 @@ def run_python(args, timeout=600, env=None):
     """``python *args`` from the repository root, as ``subprocess.run(..., capture_output=True,
     text=True)`` runs it; returns the ``CompletedProcess``. A script (``path.py ...``) or module
     (``-m name ...``) with this process's environment runs in a fork of tests/forkserver.py (the
-    third-party imports done once per session); anything else, an ``env`` of its own, an
-    environment changed since the server started (``monkeypatch.setenv``), or
-    ``SEPID_TESTS_FORKSERVER=0`` in the environment, in a new interpreter."""
+    third-party imports done once per session); anything else, an ``env`` of its own, a variable
+    the server's imports may read changed since it started (``monkeypatch.setenv("OMP_NUM_THREADS",
+    ...)``, see :data:`_READ_AT_IMPORT`), or ``SEPID_TESTS_FORKSERVER=0`` in the environment, in a
+    new interpreter."""
     args = [str(a) for a in args]
     forked = env is None and os.environ.get("SEPID_TESTS_FORKSERVER", "1") != "0"
     forked = forked and _FORK_SERVER.serves()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import run_demo_driver as run_driver
+from tests.helpers import run_demo_driver
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = [
@@ -68,7 +68,7 @@ def test_the_demo_opens_nothing_outside_the_repository(demo):
 
 def test_a_rerun_skips_every_finished_stage(demo):
     out, _, _ = demo
-    again = run_driver(out)
+    again = run_demo_driver(out)
     assert again.returncode == 0, again.stderr[-3000:]
     for name in STAGES:
         assert f"{name}: " in again.stdout and "done before, skipped" in again.stdout
@@ -77,7 +77,7 @@ def test_a_rerun_skips_every_finished_stage(demo):
 
 def test_a_failing_stage_stops_the_demo_and_names_the_command(demo):
     out, _, _ = demo
-    bad = run_driver(out, "--stage_override=joint:--batch_size=two")
+    bad = run_demo_driver(out, "--stage_override=joint:--batch_size=two")
     assert bad.returncode != 0
     assert "stage 'joint-train' failed" in bad.stderr
     assert "Rerun it alone with:\n    python recipes/joint/train.py" in bad.stderr
@@ -86,7 +86,9 @@ def test_a_failing_stage_stops_the_demo_and_names_the_command(demo):
 
 def test_a_changed_stage_reruns_with_every_later_one(demo):
     out, _, _ = demo
-    again = run_driver(out, "--stage_override=mixtures:--seed=7", "--until=mixtures", "--overwrite")
+    again = run_demo_driver(
+        out, "--stage_override=mixtures:--seed=7", "--until=mixtures", "--overwrite"
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done before, skipped") == STAGES.index("mixtures")
     assert "[5/11] mixtures: two-speaker" in again.stdout and "done in" in again.stdout

@@ -4,10 +4,10 @@ on a shorter setting: it learns (the trained model beats its untrained self on t
 test-other speakers) and it opens no file outside the repository.
 
 The stage is the one the demo driver runs in the session's demo (tests/conftest.py::
-demo_driver_run, whose speaker stage takes ``tests.helpers.DEMO_SPEAKER_SHORT``, with the demo's seed 1986, the YAML's
-default, which the separate run this file made before used too): the same train.py and
-evaluate.py commands, so one speaker training serves both files (run alone, this file runs the
-whole small demo: about twice its old cost; in the suite it saves its own run)."""
+demo_driver_run, whose speaker stage takes ``tests.helpers.DEMO_SPEAKER_SHORT``, with the demo's
+seed 1986, the YAML's default, which the separate run this file made before used too): the same
+train.py and evaluate.py commands, so one speaker training serves both files (run alone, this
+file runs the whole small demo: about twice its old cost; in the suite it saves its own run)."""
 
 import json
 from pathlib import Path
