@@ -42,8 +42,11 @@ def _writes(mode, flags):
 
 def install(report):
     """Records, from now on, every file this process opens outside the allowed folders, and
-    writes them to ``report`` (one per line) when the process ends."""
+    writes them to ``report`` (one per line) when the process ends; ``report`` may be a function
+    of the process id (a forked process records what it opens after the fork, in a report of its
+    own: tests/forkserver.py's commands)."""
     outside = set()
+    os.register_at_fork(after_in_child=outside.clear)
 
     def hook(event, event_args):
         if event != "open":
@@ -60,7 +63,10 @@ def install(report):
 
     def write_report():
         text = "".join(f"{p}\n" for p in sorted(outside))  # before this open adds to it
-        with open(report, "w", encoding="utf-8") as fout:
+        path = report(os.getpid()) if callable(report) else report
+        if not os.path.isdir(os.path.dirname(path) or "."):
+            return  # a fork server ending after its session removed the folder
+        with open(path, "w", encoding="utf-8") as fout:
             fout.write(text)
 
     atexit.register(write_report)

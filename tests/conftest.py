@@ -17,7 +17,7 @@ from tests.helpers import _FORK_SERVER, ROOT, Recipe, run_demo_driver, run_scrip
 
 def pytest_terminal_summary(terminalreporter):
     """How the session's ``python ...`` commands of tests.helpers.run_python ran."""
-    counts = ", ".join(f"{n} {how}" for how, n in _FORK_SERVER.counts.items())
+    counts = ", ".join(f"{n} {how}" for how, n in _FORK_SERVER.counts().items())
     terminalreporter.write_line(f"script commands (tests/forkserver.py): {counts}")
 
 
@@ -156,9 +156,13 @@ def demo_driver_run():
         assert first.returncode == 0, (
             f"the demo failed:\n{first.stdout[-3000:]}\n{first.stderr[-5000:]}"
         )
-        outside = set()
+        outside, commands = set(), []
         for report in (work / "audit").glob("*.txt"):
             outside |= set(report.read_text().split())
+            commands.append(report.with_suffix(".cmd").read_text())
+        # every Python process of the demo reported: the driver and each of its 11 stages
+        assert sum("recipes/demo/run.py" in c for c in commands) == 1, commands
+        assert len(commands) >= 12, commands
         yield out, first, outside
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,33 +1,45 @@
 """Runs the tests' ``python script.py ...`` and ``python -m module ...`` commands in processes
-forked from one interpreter that imported torch, SpeechBrain and transformers once, instead of a
-new interpreter that imports them again (about 6 s of CPU per command, most of the suite's
+forked from an interpreter that imported torch, SpeechBrain and transformers once, instead of a
+new interpreter that imports them again (about 9 s of CPU per command, most of the suite's
 process start-up cost).
 
-Each command still gets a process of its own, started from the repository root: a fork of the
-server, with the caller's environment, ``sys.argv`` and ``sys.path[0]`` as ``python`` sets them,
-stdin from ``/dev/null``, stdout and stderr to files the caller reads. The script runs as
-``__main__`` through ``runpy`` (as ``tests/crash.py`` runs a recipe) and the process ends by the
-interpreter's own exit path: an uncaught exception goes through ``sys.excepthook`` (SpeechBrain's,
-where the recipe installed it) and exits 1, ``SystemExit`` gives its code, atexit handlers run, a
-signal gives ``-signal``. Nothing of the repository is imported before the fork, only third-party
-packages, so the code under test is read from disk by each command as before.
+Each command still gets a process of its own: a fork of the server, with the caller's
+environment, working folder, stdin, stdout and stderr (descriptors passed over the socket),
+``sys.argv`` and ``sys.path[0]`` as ``python`` sets them. The script runs as ``__main__`` through
+``runpy`` (as ``tests/crash.py`` runs a recipe) and the process ends by the interpreter's own exit
+path: an uncaught exception goes through ``sys.excepthook`` (SpeechBrain's, where the recipe
+installed it) and exits 1, ``SystemExit`` gives its code, atexit handlers run, a signal gives
+``-signal``. Nothing of the repository is imported before the fork, only third-party packages, so
+the code under test is read from disk by each command as before. Its ``sys.executable`` is the
+shim (tests/forkclient.py), so the Python processes it starts (torchrun's ranks, the demo's
+stages) are forked too.
 
 What a fresh interpreter does differently, and why it does not matter here: the third-party
 modules were imported before the command's environment was set, so a variable read at import
-(``HF_ENDPOINT``, ``OMP_NUM_THREADS``, ``PYTHONPATH``) must not differ from the server's: the
-client (``tests.helpers.run_python``) forks only commands whose environment equals the server's in
-the variables such imports may read (``tests.helpers._READ_AT_IMPORT``) and runs the rest (an
-``env=...`` of their own, ``python -c``) as plain subprocesses. ``SEPID_TESTS_FORKSERVER=0`` runs
-every command as a plain subprocess (a fresh interpreter each).
+(``OMP_NUM_THREADS``, ``HF_HOME``, ``PYTHONPATH``: tests.forkclient.READ_AT_IMPORT) must be the
+server's. So there is one server per distinct set of those values: the session's main server
+(``python tests/forkserver.py SOCKET``, started by tests/helpers.py) starts another, with the
+command's environment, the first time a command needs it (torchrun's ranks run with
+``OMP_NUM_THREADS=1``), and ends them when its stdin closes, after waiting for every command.
 
-Protocol (one command at a time): the client writes a JSON line ``{"argv", "env", "stdout",
-"stderr"}``; the server forks, answers ``{"pid"}``, waits, and answers ``{"returncode"}``.
+Per connection, one request: ``{"run": {argv, env, cwd, unbuffered}}`` with three descriptors
+(answers ``{"pid"}``, then ``{"returncode"}``; a process of the server waits for the command and
+kills it if the connection closes first), ``{"server_for": env}`` (answers ``{"socket"}`` of the server for ``env``'s import-time part,
+started with ``env`` if there is none), or
+``{"counts": true}`` (answers the commands forked so far, per server).
 """
 
+import atexit
 import json
 import os
 import random
+import select
+import signal
+import socket
+import subprocess
 import sys
+
+from forkclient import SHIM_VAR, Connection, import_time  # this script's folder, sys.path[0]
 
 # what the recipes, the export and the data preparation import; a fork is safe here because
 # these imports leave no Python thread running (checked below) and torch's thread pool is rebuilt
@@ -49,18 +61,30 @@ PRELOAD = (
 )
 
 
-def _run_command(request):
-    """In the forked child: becomes the command (does not return; the caller's frames unwind
-    through the interpreter's normal exit)."""
-    for fd, name in ((1, "stdout"), (2, "stderr")):
-        target = os.open(request[name], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.dup2(target, fd)
-        os.close(target)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
+def _become(request, fds, closing, path):
+    """In the forked command: becomes it (does not return; the caller's frames unwind through the
+    interpreter's normal exit)."""
+    for fd in closing:
+        os.close(fd)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+    for fd in fds:
+        os.close(fd)
+    os.chdir(request["cwd"])
+    sys.path[:] = path  # as the interpreter started (imports may add folders)
+    # torch.distributed.nn's import made a temporary folder for its generated modules: the
+    # server's to remove when it ends, not every command's
+    from torch.distributed.nn.jit import instantiator
+
+    atexit.unregister(instantiator._TEMP_DIR.cleanup)
+    instantiator._TEMP_DIR._finalizer.detach()
     os.environ.clear()
     os.environ.update(request["env"])
+    if request["unbuffered"]:  # python -u
+        sys.stdout.reconfigure(write_through=True)
+        sys.stderr.reconfigure(write_through=True)
+    if os.environ.get(SHIM_VAR):
+        sys.executable = os.environ[SHIM_VAR]
     # a fresh interpreter seeds these from the OS, not from the server's state
     random.seed()
     import numpy as np
@@ -80,29 +104,131 @@ def _run_command(request):
     sys.exit(0)
 
 
-def serve():
+def _watch(conn, pid):
+    """In the server's process for one command: answers its exit code, or kills it when the
+    client goes first (a killed shim)."""
+    exited = os.pidfd_open(pid)
+    while exited not in select.select([conn.sock, exited], [], [])[0]:
+        if not conn.sock.recv(1):  # the client is gone: so is the command
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return
+    _, status = os.waitpid(pid, 0)
+    conn.send({"returncode": os.waitstatus_to_exitcode(status)})
+
+
+class Server:
+    def __init__(self, path, sys_path):
+        self.path, self.key, self.sys_path = path, import_time(os.environ), sys_path
+        self.others = {}  # json of an import-time environment -> (socket, Popen)
+        self.forked = 0
+
+    def start_other(self, env):
+        """A server started now with environment ``env`` (of another import-time environment);
+        ``(its socket, its process)``."""
+        path = os.path.join(os.path.dirname(self.path), f"{len(self.others) + 1}.sock")
+        ready_r, ready_w = os.pipe()
+        proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), path, str(ready_w)],
+            stdin=subprocess.PIPE,
+            env=env,
+            pass_fds=(ready_w,),
+        )
+        os.close(ready_w)
+        with os.fdopen(ready_r) as ready:
+            if ready.read() != "ready\n":
+                raise RuntimeError(f"the fork server for {env} did not start (see its stderr)")
+        return path, proc
+
+    def handle(self, conn, listener):
+        data, fds, _, _ = socket.recv_fds(conn.sock, 1 << 20, 3)
+        conn.pending = data
+        while b"\n" not in conn.pending:
+            chunk = conn.sock.recv(1 << 20)
+            if not chunk:
+                return
+            conn.pending += chunk
+        request = conn.reply()
+        if "server_for" in request:
+            env = request["server_for"]  # started with all of it, as a new interpreter
+            if import_time(env) == self.key:
+                conn.send({"socket": self.path})
+                return
+            key = json.dumps(import_time(env), sort_keys=True)
+            if key not in self.others:
+                self.others[key] = self.start_other(env)
+            conn.send({"socket": self.others[key][0]})
+        elif "counts" in request:
+            counts = {self.path: self.forked}
+            for path, _ in self.others.values():
+                other = Connection.to(path)
+                other.send({"counts": True})
+                counts.update(other.reply())
+                other.close()
+            conn.send(counts)
+        else:
+            self.forked += 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:  # waits for the command
+                listener.close()
+                for _, proc in self.others.values():  # their end of the session is ours
+                    proc.stdin.close()
+                command = os.fork()
+                if command == 0:
+                    _become(request["run"], fds, [conn.sock.detach()], self.sys_path)
+                for fd in fds:
+                    os.close(fd)
+                conn.send({"pid": command})
+                _watch(conn, command)
+                os._exit(0)
+        for fd in fds:
+            os.close(fd)
+
+    def serve(self, ready_fd):
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(self.path)
+        listener.listen(64)
+        os.write(ready_fd, b"ready\n")
+        os.close(ready_fd)
+        running = True
+        while running:
+            ready = select.select([listener, sys.stdin], [], [], 1.0)[0]
+            if sys.stdin in ready and not os.read(sys.stdin.fileno(), 1024):
+                running = False  # the session ended
+            if listener in ready:
+                sock, _ = listener.accept()
+                self.handle(Connection(sock), listener)
+                sock.close()
+            while True:  # reap the finished commands' processes
+                try:
+                    if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                        break
+                except ChildProcessError:
+                    break
+        listener.close()
+        for _, proc in self.others.values():
+            proc.stdin.close()
+            proc.wait()
+        while True:  # every command's process, so that their CPU time counts in this one's
+            try:
+                os.wait()
+            except ChildProcessError:
+                break
+
+
+def main():
     import importlib
     import threading
 
+    path, ready_fd = sys.argv[1], int(sys.argv[2])
+    sys_path = list(sys.path)
     for name in PRELOAD:
         importlib.import_module(name)
     assert threading.active_count() == 1, threading.enumerate()
-    replies = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)  # nothing the server prints can corrupt the replies
-    for line in sys.stdin:
-        request = json.loads(line)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            replies.close()
-            _run_command(request)
-        replies.write(json.dumps({"pid": pid}) + "\n")
-        replies.flush()
-        _, status = os.waitpid(pid, 0)
-        replies.write(json.dumps({"returncode": os.waitstatus_to_exitcode(status)}) + "\n")
-        replies.flush()
+    Server(path, sys_path).serve(ready_fd)
 
 
 if __name__ == "__main__":
-    serve()
+    main()

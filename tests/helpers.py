@@ -1,9 +1,8 @@
 """Helpers shared by the tests."""
 
 import atexit
-import json
 import os
-import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,67 +15,83 @@ from hyperpyyaml import load_hyperpyyaml
 
 from data_prep.make_mixtures import make_mixtures
 from sepid.training.overrides import override_args
+from tests import forkclient
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class _ForkServer:
-    """The client of tests/forkserver.py: one server per test session, started on first use
-    with ``env``, the environment the session started with."""
+    """The session's main fork server (tests/forkserver.py), started on first use with the
+    environment the session started with, and the shim (tests/forkclient.py) its commands see as
+    ``sys.executable``."""
 
-    def __init__(self, env):
-        self.proc, self.pending, self.env = None, b"", env
-        self.counts = {"forked": 0, "new interpreter": 0}  # commands run each way
+    def __init__(self):
+        self.proc, self.folder = None, None
+        self.new_interpreters = 0  # commands run as a new interpreter
 
-    def serves(self):
-        """Whether a command with this process's environment may run forked: only when it is
-        the server's in the variables its imports may read (:data:`_READ_AT_IMPORT`)."""
-        return _comparable(os.environ) == _comparable(self.env)
-
-    def close(self):
-        """Ends the server and waits for it, so that its CPU time (and its commands') counts in
-        this process's, as a command's run as a child of this process would."""
-        self.proc.stdin.close()
-        self.proc.wait()
-
-    def reply(self, timeout=None):
-        """The server's next JSON line, or None after ``timeout`` seconds without one."""
-        while b"\n" not in self.pending:
-            if not select.select([self.proc.stdout], [], [], timeout)[0]:
-                return None
-            chunk = os.read(self.proc.stdout.fileno(), 4096)
-            if not chunk:
-                raise RuntimeError(f"tests/forkserver.py stopped (exit {self.proc.wait()})")
-            self.pending += chunk
-        line, self.pending = self.pending.split(b"\n", 1)
-        return json.loads(line)
-
-    def run(self, argv, timeout):
-        if self.proc is None or self.proc.poll() is not None:
+    def ensure(self):
+        """Starts the server (again, if it died); puts its socket, the shim and the real
+        interpreter in this process's environment, for every process it starts."""
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        self.folder = Path(tempfile.mkdtemp(prefix="sepid-fork-"))
+        shim = self.folder / "python"
+        client = (ROOT / "tests" / "forkclient.py").read_text(encoding="utf-8")
+        shim.write_text(f"#!{sys.executable} -IS\n{client}", encoding="utf-8")
+        shim.chmod(0o755)
+        ready_r, ready_w = os.pipe()
+        with open(self.folder / "server.log", "w", encoding="utf-8") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "tests/forkserver.py"],
+                [sys.executable, "tests/forkserver.py", self.folder / "0.sock", str(ready_w)],
                 cwd=ROOT,
                 stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                bufsize=0,
-                env=self.env,
+                stdout=log,
+                stderr=log,
+                pass_fds=(ready_w,),
             )
-            self.pending = b""
-            atexit.register(self.close)
+        os.close(ready_w)
+        with os.fdopen(ready_r) as ready:
+            if ready.read() != "ready\n":
+                raise RuntimeError(f"tests/forkserver.py did not start: {self.folder}/server.log")
+        os.environ[forkclient.SOCKET_VAR] = str(self.folder / "0.sock")
+        os.environ[forkclient.PYTHON_VAR] = sys.executable
+        os.environ[forkclient.SHIM_VAR] = str(shim)
+        atexit.register(self.close)
+
+    def close(self):
+        """Ends the servers and waits for them (they wait for every command), so that the
+        commands' CPU time counts in this process's, as a command's run as a child would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait()
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def counts(self):
+        """``{"forked": n, "servers": n, "new interpreter": n}`` so far."""
+        forked = {}
+        if self.proc is not None and self.proc.poll() is None:
+            conn = forkclient.Connection.to(os.environ[forkclient.SOCKET_VAR])
+            conn.send({"counts": True})
+            forked = conn.reply()
+            conn.close()
+        return {
+            "forked": sum(forked.values()),
+            "servers": len(forked),
+            "new interpreter": self.new_interpreters,
+        }
+
+    def run(self, argv, timeout):
+        self.ensure()
         with tempfile.TemporaryDirectory() as tmp:
             out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-            request = {
-                "argv": argv,
-                "env": dict(os.environ),
-                "stdout": str(out),
-                "stderr": str(err),
-            }
-            self.proc.stdin.write(json.dumps(request).encode() + b"\n")
-            pid = self.reply()["pid"]
-            done = self.reply(timeout)
+            with open(os.devnull, "rb") as stdin, open(out, "wb") as fout, open(err, "wb") as ferr:
+                fds = (stdin.fileno(), fout.fileno(), ferr.fileno())
+                conn, pid = forkclient.start(argv, dict(os.environ), str(ROOT), fds)
+            done = conn.reply(timeout)
             if done is None:
                 os.kill(pid, signal.SIGKILL)
-                self.reply()
+                conn.reply()
+            conn.close()
             stdout = out.read_text(encoding="utf-8", errors="replace")
             stderr = err.read_text(encoding="utf-8", errors="replace")
         if done is None:
@@ -86,53 +101,21 @@ class _ForkServer:
         )
 
 
-# Environment variables the server's imports may read (thread pools, loader, interpreter start-up,
-# the Hub's and transformers' constants, SpeechBrain's log level): a command whose value of one of
-# these differs from the server's runs in a new interpreter. Others (PATH, or what libraries and
-# pytest set in this process as the suite runs: PYTEST_CURRENT_TEST, SB_GLOBAL_SEED, joblib's
-# KMP_* for Intel's OpenMP, which torch's wheels do not use: they load GNU libgomp) are read at
-# run time, and the command gets their current values.
-_READ_AT_IMPORT = (
-    "OMP_",
-    "GOMP_",
-    "MKL_",
-    "OPENBLAS_",
-    "LD_",
-    "PYTHON",
-    "TORCH",
-    "PYTORCH_",
-    "CUDA_",
-    "HF_",
-    "HUGGINGFACE_",
-    "TRANSFORMERS_",
-    "TOKENIZERS_",
-    "SB_LOG_LEVEL",
-    "MPL",
-)
-
-
-def _comparable(env):
-    return {k: v for k, v in env.items() if k.startswith(_READ_AT_IMPORT)}
-
-
-_FORK_SERVER = _ForkServer(env=dict(os.environ))
+_FORK_SERVER = _ForkServer()
 
 
 def run_python(args, timeout=600, env=None):
     """``python *args`` from the repository root, as ``subprocess.run(..., capture_output=True,
     text=True)`` runs it; returns the ``CompletedProcess``. A script (``path.py ...``) or module
-    (``-m name ...``) with this process's environment runs in a fork of tests/forkserver.py (the
-    third-party imports done once per session); anything else, an ``env`` of its own, a variable
-    the server's imports may read changed since it started (``monkeypatch.setenv("OMP_NUM_THREADS",
-    ...)``, see :data:`_READ_AT_IMPORT`), or ``SEPID_TESTS_FORKSERVER=0`` in the environment, in a
-    new interpreter."""
+    (``-m name ...``) with this process's environment runs in a fork of tests/forkserver.py's
+    server for the variables of that environment its imports may read (the third-party imports
+    done once per such environment and session); anything else (``python -c``, an ``env`` of its
+    own) or ``SEPID_TESTS_FORKSERVER=0`` in the environment, in a new interpreter."""
     args = [str(a) for a in args]
     forked = env is None and os.environ.get("SEPID_TESTS_FORKSERVER", "1") != "0"
-    forked = forked and _FORK_SERVER.serves()
-    if forked and (args[0].endswith(".py") or (args[0] == "-m" and len(args) > 1)):
-        _FORK_SERVER.counts["forked"] += 1
+    if forked and forkclient.forkable(args)[0] == args:
         return _FORK_SERVER.run(args, timeout)
-    _FORK_SERVER.counts["new interpreter"] += 1
+    _FORK_SERVER.new_interpreters += 1
     return subprocess.run(
         [sys.executable, *args],
         cwd=ROOT,
@@ -228,14 +211,20 @@ DEMO_SMALL = [
 
 
 def run_demo_driver(out, *args, audit=None):
-    """``python recipes/demo/run.py --output_folder=out`` on :data:`DEMO_SMALL` and ``args``, in a
-    new interpreter (the demo's stages are processes of their own); with ``audit``, a folder,
-    every Python process of the demo records there the files it opens outside the repository."""
+    """``python recipes/demo/run.py --output_folder=out`` on :data:`DEMO_SMALL` and ``args``, a
+    process of its own (its environment is not the session's) whose stages are processes of their
+    own, each forked from tests/forkserver.py's server for the stages' environment (unless
+    ``SEPID_TESTS_FORKSERVER=0``); with ``audit``, a folder, every Python process of the demo
+    records there the files it opens outside the repository."""
     env = {**os.environ}
     if audit is not None:  # every Python process of the demo records what it opens
         audit.mkdir(parents=True, exist_ok=True)
         env["SEPID_AUDIT_OPEN"] = str(audit)
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests" / "audit"), str(ROOT)])
-    cmd = [sys.executable, "recipes/demo/run.py", f"--output_folder={out}"]
+    python = sys.executable
+    if os.environ.get("SEPID_TESTS_FORKSERVER", "1") != "0":
+        _FORK_SERVER.ensure()
+        python, env = os.environ[forkclient.SHIM_VAR], {**os.environ, **env}
+    cmd = [python, "recipes/demo/run.py", f"--output_folder={out}"]
     cmd += [f"--stage_override={o}" for o in DEMO_SMALL] + list(args)
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)

@@ -12,7 +12,7 @@ if os.environ.get("SEPID_AUDIT_OPEN"):
     )
     _audit = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(_audit)
-    _audit.install(os.path.join(os.environ["SEPID_AUDIT_OPEN"], f"{os.getpid()}.txt"))
+    _audit.install(lambda pid: os.path.join(os.environ["SEPID_AUDIT_OPEN"], f"{pid}.txt"))
 
     def _write_command():
         import sys

@@ -31,6 +31,48 @@ if mode == "ppid":
 if mode == "sleep":
     import time
     time.sleep(60)
+if mode == "threads":
+    import hashlib, torch
+    torch.manual_seed(0)
+    x = torch.randn(256, 256)
+    digest = hashlib.sha1((x @ x).numpy().tobytes()).hexdigest()
+    print("threads", torch.get_num_threads(), digest)
+if mode == "spawn":
+    import subprocess
+    child = subprocess.run([sys.executable, __file__, sys.argv[2], "x y"], capture_output=True, text=True)
+    print("child", child.stdout.replace("argv", "child argv"), "child exit", child.returncode)
+if mode == "shim-signals":
+    import subprocess, time
+    from pathlib import Path
+    pidfile = Path(sys.argv[2]) / "pid"
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pidfile.unlink(missing_ok=True)
+        child = subprocess.Popen([sys.executable, __file__, "pid-sleep", str(pidfile)])
+        while not pidfile.exists() or not pidfile.read_text().endswith("\\n"):
+            time.sleep(0.05)  # until the command has started and written its pid
+        pid = int(pidfile.read_text())
+        child.send_signal(sig)
+        code = child.wait()
+        if sig == signal.SIGTERM:
+            print("terminated", code)
+        else:
+            for _ in range(600):  # the server's watcher kills the command when the shim is gone
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+            else:
+                raise SystemExit("the command outlived its killed shim")
+            print("killed", code, "command gone True")
+if mode == "open":
+    open(sys.argv[2], "rb").close()
+    print("pid", os.getpid())
+if mode == "pid-sleep":
+    import time
+    from pathlib import Path
+    Path(sys.argv[2]).write_text(f"{os.getpid()}\\n")
+    time.sleep(120)
 """
 
 
@@ -78,18 +120,58 @@ def test_a_command_past_its_timeout_is_killed(script):
     assert run_python([script, "ok"]).returncode == 0  # the server serves the next command
 
 
-def test_another_environment_gets_a_new_interpreter(script, monkeypatch):
-    """What the server imported read its environment: a command whose environment differs in a
-    variable those imports may read is not forked from it but started as a new interpreter, a
-    child of this process."""
-    # nothing earlier in the session left such a variable changed (else nothing is forked)
-    changed = {k for k in {*os.environ, *SERVER.env} if os.environ.get(k) != SERVER.env.get(k)}
-    assert SERVER.serves(), f"changed since the session started: {sorted(changed)}"
-    first = run_python([script, "ppid"]).stdout
-    assert f"ppid {SERVER.proc.pid} None" in first  # forked from the server
-    # a variable nothing imported reads: forked, and the command sees it
-    monkeypatch.setenv("SEPID_FORKSERVER_PROBE", "1")
-    assert f"ppid {SERVER.proc.pid} 1" in run_python([script, "ppid"]).stdout
-    # one that torch's thread pool read when the server imported it: a new interpreter
+def test_another_import_time_environment_gets_its_own_server(script, monkeypatch):
+    """What a server imported read its environment: a command whose environment differs in a
+    variable those imports may read runs forked from a server started with its values (torchrun's
+    ranks: ``OMP_NUM_THREADS=1``), and computes as a new interpreter with them does; a variable
+    read at run time does not start another server."""
+    before = SERVER.counts()
+    monkeypatch.setenv("SEPID_FORKSERVER_PROBE", "1")  # read at run time
+    assert "ppid" in run_python([script, "ppid"]).stdout
+    assert SERVER.counts()["servers"] == before["servers"] or before["servers"] == 0
+    servers = SERVER.counts()["servers"]
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert f"ppid {os.getpid()} 1" in run_python([script, "ppid"]).stdout
+    forked, new = run_python([script, "threads"]), fresh([script, "threads"])
+    assert forked.returncode == new.returncode == 0, forked.stderr
+    assert forked.stdout == new.stdout and "threads 1 " in forked.stdout
+    after = SERVER.counts()
+    assert after["servers"] in (servers, servers + 1) and after["forked"] > before["forked"]
+    assert after["new interpreter"] == before["new interpreter"]
+
+
+@pytest.mark.parametrize("mode", ["ok", "exit", "kill"])
+def test_the_python_a_forked_command_starts_is_forked_too(script, mode):
+    """``sys.executable`` of a forked command is the shim (tests/forkclient.py): a command it
+    starts (torchrun's ranks, the demo's stages) is forked as well, with the shim's stdout and
+    exit code (a signal included) as a new interpreter's."""
+    before = SERVER.counts()["forked"]
+    forked, new = run_python([script, "spawn", mode]), fresh([script, "spawn", mode])
+    assert forked.returncode == new.returncode == 0, forked.stderr
+    assert forked.stdout == new.stdout
+    code = {"ok": 0, "exit": 3, "kill": -9}[mode]
+    assert (
+        f"child exit {code}" in forked.stdout and f"child argv ['{mode}', 'x y']" in forked.stdout
+    )
+    assert SERVER.counts()["forked"] == before + 2
+
+
+def test_a_signalled_shim_signals_its_command_and_a_killed_one_takes_it_along(script, tmp_path):
+    """torchrun ends its ranks with SIGTERM to each rank's process (here the shim): the command
+    gets it; a shim killed outright (SIGKILL) takes its command along."""
+    proc = run_python([script, "shim-signals", tmp_path])
+    assert proc.returncode == 0, proc.stderr
+    assert "terminated -15" in proc.stdout and "killed -9 command gone True" in proc.stdout
+
+
+def test_a_forked_command_under_the_open_audit_reports_what_it_opened(
+    script, tmp_path, monkeypatch
+):
+    """The demo's audit (tests/audit/sitecustomize.py) in a forked command: the command's own
+    report lists the file it opened outside the repository (not the server's imports)."""
+    monkeypatch.setenv("SEPID_AUDIT_OPEN", str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "tests" / "audit"), str(ROOT)]))
+    proc = run_python([script, "open", "/etc/hostname"])
+    assert proc.returncode == 0, proc.stderr
+    pid = proc.stdout.split("pid ")[1].split()[0]
+    assert "/etc/hostname" in (tmp_path / f"{pid}.txt").read_text().split()
+    assert "open" in (tmp_path / f"{pid}.cmd").read_text()
