@@ -80,13 +80,13 @@ class _ForkServer:
             "new interpreter": self.new_interpreters,
         }
 
-    def run(self, argv, timeout):
+    def run(self, argv, timeout, env):
         self.ensure()
         with tempfile.TemporaryDirectory() as tmp:
             out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
             with open(os.devnull, "rb") as stdin, open(out, "wb") as fout, open(err, "wb") as ferr:
                 fds = (stdin.fileno(), fout.fileno(), ferr.fileno())
-                conn, pid = forkclient.start(argv, dict(os.environ), str(ROOT), fds)
+                conn, pid = forkclient.start(argv, env, str(ROOT), fds)
             done = conn.reply(timeout)
             if done is None:
                 os.kill(pid, signal.SIGKILL)
@@ -110,11 +110,13 @@ def run_python(args, timeout=600, env=None):
     (``-m name ...``) with this process's environment runs in a fork of tests/forkserver.py's
     server for the variables of that environment its imports may read (the third-party imports
     done once per such environment and session); anything else (``python -c``, an ``env`` of its
-    own) or ``SEPID_TESTS_FORKSERVER=0`` in the environment, in a new interpreter."""
+    own: a server for a one-off environment costs more than the interpreter it replaces, since it
+    imports all the server preloads), or any command with ``SEPID_TESTS_FORKSERVER=0`` in this
+    process's environment, in a new interpreter."""
     args = [str(a) for a in args]
     forked = env is None and os.environ.get("SEPID_TESTS_FORKSERVER", "1") != "0"
     if forked and forkclient.forkable(args)[0] == args:
-        return _FORK_SERVER.run(args, timeout)
+        return _FORK_SERVER.run(args, timeout, dict(os.environ))
     _FORK_SERVER.new_interpreters += 1
     return subprocess.run(
         [sys.executable, *args],
@@ -124,6 +126,16 @@ def run_python(args, timeout=600, env=None):
         text=True,
         timeout=timeout,
     )
+
+
+def python_on_path(env):
+    """``env`` with the fork server's ``python`` (the shim) first on ``PATH``, so that a shell
+    command's ``python script.py ...`` is forked too (unless ``SEPID_TESTS_FORKSERVER=0``)."""
+    if os.environ.get("SEPID_TESTS_FORKSERVER", "1") == "0":
+        return env
+    _FORK_SERVER.ensure()
+    shim = os.environ[forkclient.SHIM_VAR]
+    return {**env, "PATH": os.pathsep.join([os.path.dirname(shim), env.get("PATH", "")])}
 
 
 def run_script(cmd, timeout=600):

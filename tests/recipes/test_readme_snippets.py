@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 
 from pretrained_interfaces.export import export_speaker
-from tests.helpers import CORPUS, ROOT, held_out_test_mixtures
+from tests.helpers import CORPUS, ROOT, held_out_test_mixtures, python_on_path
 from tests.hub_server import HubServer
 from tests.markdown import code_blocks, markdown_files, section, sections
 
@@ -134,6 +134,7 @@ def test_publish_section_runs_against_the_hub_stand_in(
             "HF_TOKEN": TOKEN,
             "HF_HOME": str(tmp_path / "hf-push"),
         }
+        env = python_on_path(env)  # the commands' `python` forked (tests/forkclient.py)
         for command in commands:
             for example, real in paths.items():
                 command = command.replace(example, str(real))
