@@ -109,12 +109,19 @@ def _watch(conn, pid):
     client goes first (a killed shim)."""
     exited = os.pidfd_open(pid)
     while exited not in select.select([conn.sock, exited], [], [])[0]:
-        if not conn.sock.recv(1):  # the client is gone: so is the command
+        try:
+            gone = not conn.sock.recv(1)
+        except ConnectionResetError:
+            gone = True
+        if gone:  # the client is gone: so is the command
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             return
     _, status = os.waitpid(pid, 0)
-    conn.send({"returncode": os.waitstatus_to_exitcode(status)})
+    try:
+        conn.send({"returncode": os.waitstatus_to_exitcode(status)})
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the client went as the command ended
 
 
 class Server:
@@ -180,7 +187,12 @@ class Server:
                     _become(request["run"], fds, [conn.sock.detach()], self.sys_path)
                 for fd in fds:
                     os.close(fd)
-                conn.send({"pid": command})
+                try:
+                    conn.send({"pid": command})
+                except (BrokenPipeError, ConnectionResetError):  # the client was killed
+                    os.kill(command, signal.SIGKILL)
+                    os.waitpid(command, 0)
+                    os._exit(0)
                 _watch(conn, command)
                 os._exit(0)
         for fd in fds:
@@ -199,7 +211,10 @@ class Server:
                 running = False  # the session ended
             if listener in ready:
                 sock, _ = listener.accept()
-                self.handle(Connection(sock), listener)
+                try:
+                    self.handle(Connection(sock), listener)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # a client killed while asking (torchrun ending its ranks): serve on
                 sock.close()
             while True:  # reap the finished commands' processes
                 try:
@@ -208,6 +223,7 @@ class Server:
                 except ChildProcessError:
                     break
         listener.close()
+        os.unlink(self.path)
         for _, proc in self.others.values():
             proc.stdin.close()
             proc.wait()
