@@ -1,6 +1,6 @@
-"""The client side of tests/forkserver.py, standard library only: :func:`run` sends a ``python
-script.py ...`` / ``python -m module ...`` command to the server for its environment and returns
-its exit code, and run as a program (the ``python`` the forked commands see as
+"""The client side of tests/forkserver.py, standard library only: :func:`start_server` starts a
+server, :func:`start` sends a ``python script.py ...`` / ``python -m module ...`` command to the
+server for its environment (its exit code follows on the connection), and run as a program (the ``python`` the forked commands see as
 ``sys.executable``: torchrun's ranks, the demo's stages) it is that ``python``::
 
     <shim> [-u] script.py args...    <shim> [-u] -m module args...
@@ -54,12 +54,10 @@ READ_AT_IMPORT = (
 # PYTHON_EXEC, and PYTHONUNBUFFERED (``-u``), which the forked command applies to its streams
 READ_AT_RUN = ("TORCHELASTIC_", "TORCH_NCCL_", "PYTHON_EXEC", "PYTHONUNBUFFERED")
 
-# what the shim and the clients read: the session's main server socket and the real interpreter
-SOCKET_VAR, PYTHON_VAR, SHIM_VAR = (
-    "SEPID_FORKSERVER_SOCKET",
-    "SEPID_FORKSERVER_PYTHON",
-    "SEPID_FORKSERVER_SHIM",
-)
+# what the shim, the clients and the forked commands read: the session's main server socket and
+# the shim's path (the shim runs under the real interpreter: its own sys.executable)
+SOCKET_VAR, SHIM_VAR = "SEPID_FORKSERVER_SOCKET", "SEPID_FORKSERVER_SHIM"
+SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "forkserver.py")
 
 
 def import_time(env):
@@ -122,6 +120,29 @@ class Connection:
         self.sock.close()
 
 
+def start_server(path, env=None, log=None):
+    """``python tests/forkserver.py path`` with environment ``env`` (this process's when None),
+    its output to ``log``; returns its ``Popen`` once it listens at ``path`` (it ends when its
+    stdin closes)."""
+    import subprocess  # here: the shim, which imports this module, never starts a server
+
+    ready_r, ready_w = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, SERVER, path, str(ready_w)],
+        stdin=subprocess.PIPE,
+        stdout=log,
+        stderr=log,
+        env=env,
+        pass_fds=(ready_w,),
+    )
+    os.close(ready_w)
+    with os.fdopen(ready_r) as ready:
+        if ready.read() != "ready\n":
+            where = getattr(log, "name", "its stderr")
+            raise RuntimeError(f"tests/forkserver.py {path} did not start (see {where})")
+    return proc
+
+
 def server_for(env):
     """The socket of the session's server for ``env`` (the main server starts it if needed)."""
     conn = Connection.to(os.environ[SOCKET_VAR])
@@ -144,10 +165,8 @@ def start(argv, env, cwd, fds, unbuffered=False):
 def shim(argv):
     """Runs ``python *argv`` as described in the module's docstring; does not return."""
     command, unbuffered = forkable(argv)
-    real = os.environ.get(PYTHON_VAR)
     if command is None or not os.path.exists(os.environ.get(SOCKET_VAR, "")):
-        real = real or sys.executable
-        os.execv(real, [real, *argv])
+        os.execv(sys.executable, [sys.executable, *argv])
     pid, pending = None, []
 
     def forward(signum, _frame):

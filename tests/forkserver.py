@@ -36,10 +36,9 @@ import random
 import select
 import signal
 import socket
-import subprocess
 import sys
 
-from forkclient import SHIM_VAR, Connection, import_time  # this script's folder, sys.path[0]
+from forkclient import SHIM_VAR, Connection, import_time, start_server  # sys.path[0]: tests/
 
 # what the recipes, the export and the data preparation import; a fork is safe here because
 # these imports leave no Python thread running (checked below) and torch's thread pool is rebuilt
@@ -128,40 +127,36 @@ class Server:
     def __init__(self, path, sys_path):
         self.path, self.key, self.sys_path = path, import_time(os.environ), sys_path
         self.others = {}  # json of an import-time environment -> (socket, Popen)
-        self.forked = 0
+        self.forked, self.pid = 0, os.getpid()
 
     def start_other(self, env):
         """A server started now with environment ``env`` (of another import-time environment);
         ``(its socket, its process)``."""
         path = os.path.join(os.path.dirname(self.path), f"{len(self.others) + 1}.sock")
-        ready_r, ready_w = os.pipe()
-        proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), path, str(ready_w)],
-            stdin=subprocess.PIPE,
-            env=env,
-            pass_fds=(ready_w,),
-        )
-        os.close(ready_w)
-        with os.fdopen(ready_r) as ready:
-            if ready.read() != "ready\n":
-                raise RuntimeError(f"the fork server for {env} did not start (see its stderr)")
-        return path, proc
+        return path, start_server(path, env=env)
 
     def handle(self, conn, listener):
         data, fds, _, _ = socket.recv_fds(conn.sock, 1 << 20, 3)
         conn.pending = data
-        while b"\n" not in conn.pending:
-            chunk = conn.sock.recv(1 << 20)
-            if not chunk:
-                return
-            conn.pending += chunk
+        try:
+            self.answer(conn, fds, listener)
+        finally:
+            # the server's copies (the command's process has its own); not in a forked command,
+            # whose exit unwinds through here: those numbers are its own files by then (a closed
+            # gloo epoll descriptor aborted torchrun's ranks)
+            if os.getpid() == self.pid:
+                for fd in fds:
+                    os.close(fd)
+
+    def answer(self, conn, fds, listener):
         request = conn.reply()
         if "server_for" in request:
             env = request["server_for"]  # started with all of it, as a new interpreter
-            if import_time(env) == self.key:
+            key = import_time(env)
+            if key == self.key:
                 conn.send({"socket": self.path})
                 return
-            key = json.dumps(import_time(env), sort_keys=True)
+            key = json.dumps(key, sort_keys=True)
             if key not in self.others:
                 self.others[key] = self.start_other(env)
             conn.send({"socket": self.others[key][0]})
@@ -195,8 +190,6 @@ class Server:
                     os._exit(0)
                 _watch(conn, command)
                 os._exit(0)
-        for fd in fds:
-            os.close(fd)
 
     def serve(self, ready_fd):
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

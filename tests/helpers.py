@@ -30,8 +30,8 @@ class _ForkServer:
         self.new_interpreters = 0  # commands run as a new interpreter
 
     def ensure(self):
-        """Starts the server (again, if it died); puts its socket, the shim and the real
-        interpreter in this process's environment, for every process it starts."""
+        """Starts the server (again, if it died); puts its socket and the shim in this process's
+        environment, for every process it starts."""
         if self.proc is not None and self.proc.poll() is None:
             return
         self.folder = Path(tempfile.mkdtemp(prefix="sepid-fork-"))
@@ -39,22 +39,9 @@ class _ForkServer:
         client = (ROOT / "tests" / "forkclient.py").read_text(encoding="utf-8")
         shim.write_text(f"#!{sys.executable} -IS\n{client}", encoding="utf-8")
         shim.chmod(0o755)
-        ready_r, ready_w = os.pipe()
         with open(self.folder / "server.log", "w", encoding="utf-8") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "tests/forkserver.py", self.folder / "0.sock", str(ready_w)],
-                cwd=ROOT,
-                stdin=subprocess.PIPE,
-                stdout=log,
-                stderr=log,
-                pass_fds=(ready_w,),
-            )
-        os.close(ready_w)
-        with os.fdopen(ready_r) as ready:
-            if ready.read() != "ready\n":
-                raise RuntimeError(f"tests/forkserver.py did not start: {self.folder}/server.log")
+            self.proc = forkclient.start_server(str(self.folder / "0.sock"), log=log)
         os.environ[forkclient.SOCKET_VAR] = str(self.folder / "0.sock")
-        os.environ[forkclient.PYTHON_VAR] = sys.executable
         os.environ[forkclient.SHIM_VAR] = str(shim)
         atexit.register(self.close)
 
@@ -80,13 +67,14 @@ class _ForkServer:
             "new interpreter": self.new_interpreters,
         }
 
-    def run(self, argv, timeout, env):
+    def run(self, argv, timeout):
+        """``python *argv`` with this process's environment, forked; a ``CompletedProcess``."""
         self.ensure()
         with tempfile.TemporaryDirectory() as tmp:
             out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
             with open(os.devnull, "rb") as stdin, open(out, "wb") as fout, open(err, "wb") as ferr:
                 fds = (stdin.fileno(), fout.fileno(), ferr.fileno())
-                conn, pid = forkclient.start(argv, env, str(ROOT), fds)
+                conn, pid = forkclient.start(argv, dict(os.environ), str(ROOT), fds)
             done = conn.reply(timeout)
             if done is None:
                 os.kill(pid, signal.SIGKILL)
@@ -116,7 +104,7 @@ def run_python(args, timeout=600, env=None):
     args = [str(a) for a in args]
     forked = env is None and os.environ.get("SEPID_TESTS_FORKSERVER", "1") != "0"
     if forked and forkclient.forkable(args)[0] == args:
-        return _FORK_SERVER.run(args, timeout, dict(os.environ))
+        return _FORK_SERVER.run(args, timeout)
     _FORK_SERVER.new_interpreters += 1
     return subprocess.run(
         [sys.executable, *args],
