@@ -2,8 +2,14 @@
 own, and loaded by the real YAMLs through their ordinary ``wavlm_source`` / ``separator_source``),
 the recipes as the tests run them (real YAML + ``tests/hparams/*-overrides.yaml``), and one tiny
 speaker experiment trained once by the real speaker recipe, for the tests that need a trained
-speaker model (joint, separation)."""
+speaker model (joint, separation).
 
+The suite runs on pytest-xdist's workers (``-n auto`` in pyproject.toml), and what a session
+fixture builds is built once for all of them (tests.helpers.once), except the demo driver's run, whose
+tests run on one worker (it cleans up after itself: :func:`pytest_xdist_make_scheduler`)."""
+
+import collections
+import os
 import re
 import shutil
 import uuid
@@ -12,27 +18,95 @@ from pathlib import Path
 import pytest
 
 from sepid.tiny import save_tiny_sepformer, save_tiny_wavlm
-from tests.helpers import _FORK_SERVER, ROOT, Recipe, run_demo_driver, run_script
+from tests.helpers import _FORK_SERVER, ROOT, Recipe, once, run_demo_driver, run_script
+
+# in pytest-xdist's controller: each worker's commands per fork server, and new interpreters
+_WORKER_COUNTS = []
+
+
+def pytest_configure(config):
+    """In pytest-xdist's controller, before the workers start: one thread per worker and per
+    command (``OMP_NUM_THREADS=1`` unless set: the workers take the cores; two workers of two
+    threads each on two cores spent about 15 % more CPU, spinning), and the fork server, whose
+    socket the workers inherit, so that one server and its per-environment servers serve them
+    all. Started with the ``PYTHONPATH`` the workers will have (pytest-xdist puts the working
+    folder first), the workers' commands fork from it rather than from a server of their own."""
+    workers = config.pluginmanager.hasplugin("xdist") and config.getoption("numprocesses")
+    if workers and not hasattr(config, "workerinput"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        if os.environ.get("SEPID_TESTS_FORKSERVER", "1") != "0":
+            path = os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])
+            _FORK_SERVER.ensure(env={**os.environ, "PYTHONPATH": path})
+
+
+# the test files of the session's demo run (demo_driver_run, which removes its folder when its
+# worker's session ends, so it is not shared through tests.helpers.once): one worker runs them all
+SAME_WORKER = {"demo": ("tests/recipes/test_demo_driver.py", "tests/recipes/test_demo_speaker.py")}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """pytest-xdist's ``load`` distribution (a test at a time to whichever worker is free), except
+    that the tests of each :data:`SAME_WORKER` group go to one worker, as a unit (what ``--dist
+    loadgroup`` does with ``xdist_group`` marks, which pytest 9.2 + pytest-xdist 3.8 ignore: the
+    group is appended to ``item._nodeid``, which pytest 9.2 no longer reads)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduler(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            path = nodeid.split("::")[0]
+            return next((g for g, files in SAME_WORKER.items() if path in files), nodeid)
+
+    return Scheduler(config, log)
+
+
+def pytest_sessionfinish(session):
+    """On a pytest-xdist worker: what its commands used, for the controller's summary."""
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["fork_counts"] = [
+            _FORK_SERVER.per_server(),
+            _FORK_SERVER.new_interpreters,
+        ]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    _WORKER_COUNTS.append(getattr(node, "workeroutput", {}).get("fork_counts", [{}, 0]))
 
 
 def pytest_terminal_summary(terminalreporter):
     """How the session's ``python ...`` commands of tests.helpers.run_python ran."""
-    counts = ", ".join(f"{n} {how}" for how, n in _FORK_SERVER.counts().items())
-    terminalreporter.write_line(f"script commands (tests/forkserver.py): {counts}")
+    per_server, new = collections.Counter(_FORK_SERVER.per_server()), _FORK_SERVER.new_interpreters
+    for forked, worker_new in _WORKER_COUNTS:
+        per_server.update(forked)
+        new += worker_new
+    used = sum(1 for n in per_server.values() if n)
+    terminalreporter.write_line(
+        f"script commands (tests/forkserver.py): {sum(per_server.values())} forked, "
+        f"{used} servers, {new} new interpreter"
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_wavlm(tmp_path_factory):
     """A tiny random WavLM (``sepid.tiny.TINY_WAVLM``) saved with ``save_pretrained``: what the
     tests pass as ``--wavlm_source`` in place of ``microsoft/wavlm-base-plus``."""
-    return save_tiny_wavlm(tmp_path_factory.mktemp("tiny-models") / "tiny-wavlm")
+
+    def make():
+        return str(save_tiny_wavlm(tmp_path_factory.mktemp("tiny-models") / "tiny-wavlm"))
+
+    return Path(once(tmp_path_factory, "tiny_wavlm", make))
 
 
 @pytest.fixture(scope="session")
 def tiny_sepformer(tmp_path_factory):
     """A tiny random SepFormer (``sepid.tiny.TINY_SEPFORMER``) in ``speechbrain/sepformer-whamr``'s
     layout: the tests' ``--separator_source``."""
-    return save_tiny_sepformer(tmp_path_factory.mktemp("tiny-models") / "tiny-sepformer")
+
+    def make():
+        return str(save_tiny_sepformer(tmp_path_factory.mktemp("tiny-models") / "tiny-sepformer"))
+
+    return Path(once(tmp_path_factory, "tiny_sepformer", make))
 
 
 @pytest.fixture(scope="session")
@@ -68,13 +142,17 @@ def separation_recipe(tiny_sepformer):
 @pytest.fixture(scope="session")
 def speaker_experiment(tmp_path_factory, speaker_recipe):
     """Output folder of a 1-epoch speaker training of the tests' setting (tiny random WavLM)."""
-    out = tmp_path_factory.mktemp("speaker-experiment")
-    run_script(
-        speaker_recipe.command(
-            "recipes/speaker/train.py", f"--output_folder={out}", "--number_of_epochs=1"
+
+    def make():
+        out = tmp_path_factory.mktemp("speaker-experiment")
+        run_script(
+            speaker_recipe.command(
+                "recipes/speaker/train.py", f"--output_folder={out}", "--number_of_epochs=1"
+            )
         )
-    )
-    return out
+        return str(out)
+
+    return Path(once(tmp_path_factory, "speaker_experiment", make))
 
 
 @pytest.fixture(scope="session")
@@ -87,7 +165,8 @@ def speaker_torchrun(tmp_path_factory, speaker_recipe):
 
     def command(out):
         return [
-            *("-m", "torch.distributed.run", "--nproc_per_node=2"),
+            # --standalone: a free rendezvous port (xdist's workers run torchrun side by side)
+            *("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
             *speaker_recipe.command(
                 "recipes/speaker/train.py",
                 f"--output_folder={out}",
@@ -97,9 +176,12 @@ def speaker_torchrun(tmp_path_factory, speaker_recipe):
             ),
         ]
 
-    out = tmp_path_factory.mktemp("speaker-torchrun") / "run"
-    run_script(command(out))
-    return command, out
+    def make():
+        out = tmp_path_factory.mktemp("speaker-torchrun") / "run"
+        run_script(command(out))
+        return str(out)
+
+    return command, Path(once(tmp_path_factory, "speaker_torchrun", make))
 
 
 @pytest.fixture(scope="session")
@@ -108,37 +190,48 @@ def exported_speaker(speaker_experiment, tmp_path_factory):
     no threshold: not evaluated), as the separation and joint recipes take it."""
     from pretrained_interfaces.export import export_speaker
 
-    return export_speaker(
-        run_folder=speaker_experiment, out=tmp_path_factory.mktemp("exported") / "speaker"
-    )
+    def make():
+        out = tmp_path_factory.mktemp("exported") / "speaker"
+        return str(export_speaker(run_folder=speaker_experiment, out=out))
+
+    return Path(once(tmp_path_factory, "exported_speaker", make))
 
 
 @pytest.fixture(scope="session")
 def joint_run(speaker_experiment, exported_speaker, joint_recipe, tmp_path_factory):
     """One epoch of the tests' joint setting on a few dynamic mixtures, its speaker branch from the
     exported speaker model; returns ``(output folder, log)``."""
-    out = tmp_path_factory.mktemp("joint-run") / "run"
-    log = run_script(
-        joint_recipe.command(
-            "recipes/joint/train.py",
-            f"--output_folder={out}",
-            f"--speaker_source={exported_speaker}",
-            f"--speaker_manifest={Path(speaker_experiment) / 'prep' / 'train.csv'}",
-            "--number_of_epochs=1",
-            "--n_train_mixtures=4",
-            "--n_valid_mixtures=2",
+
+    def make():
+        out = tmp_path_factory.mktemp("joint-run") / "run"
+        log = run_script(
+            joint_recipe.command(
+                "recipes/joint/train.py",
+                f"--output_folder={out}",
+                f"--speaker_source={exported_speaker}",
+                f"--speaker_manifest={Path(speaker_experiment) / 'prep' / 'train.csv'}",
+                "--number_of_epochs=1",
+                "--n_train_mixtures=4",
+                "--n_valid_mixtures=2",
+            )
         )
-    )
-    return out, log
+        return [str(out), log]
+
+    out, log = once(tmp_path_factory, "joint_run", make)
+    return Path(out), log
 
 
 @pytest.fixture(scope="session")
-def exported_joint(joint_run):
+def exported_joint(joint_run, tmp_path_factory):
     """The joint run exported by the command its training logged."""
     _, log = joint_run
-    command = re.search(r"(pretrained_interfaces/export\.py \S+ --out \S+)", log).group(1)
-    run_script(command.split())
-    return Path(command.split()[-1])
+
+    def make():
+        command = re.search(r"(pretrained_interfaces/export\.py \S+ --out \S+)", log).group(1)
+        run_script(command.split())
+        return command.split()[-1]
+
+    return Path(once(tmp_path_factory, "exported_joint", make))
 
 
 @pytest.fixture(scope="session")
@@ -176,7 +269,11 @@ def speaker_evaluated(tmp_path_factory, speaker_recipe, speaker_experiment):
     test_speaker_interface.py and test_speaker_sources.py, which each evaluated their own copy
     before: a test that writes into a run copies this folder and evaluates or trains the copy
     (export.py needs the run's YAML to name the folder it reads)."""
-    out = tmp_path_factory.mktemp("speaker-evaluated") / "run"
-    shutil.copytree(speaker_experiment, out)
-    run_script(speaker_recipe.command("recipes/speaker/evaluate.py", f"--output_folder={out}"))
-    return out
+
+    def make():
+        out = tmp_path_factory.mktemp("speaker-evaluated") / "run"
+        shutil.copytree(speaker_experiment, out)
+        run_script(speaker_recipe.command("recipes/speaker/evaluate.py", f"--output_folder={out}"))
+        return str(out)
+
+    return Path(once(tmp_path_factory, "speaker_evaluated", make))

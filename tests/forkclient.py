@@ -57,6 +57,8 @@ READ_AT_RUN = ("TORCHELASTIC_", "TORCH_NCCL_", "PYTHON_EXEC", "PYTHONUNBUFFERED"
 # what the shim, the clients and the forked commands read: the session's main server socket and
 # the shim's path (the shim runs under the real interpreter: its own sys.executable)
 SOCKET_VAR, SHIM_VAR = "SEPID_FORKSERVER_SOCKET", "SEPID_FORKSERVER_SHIM"
+# whom a command counts for (tests/helpers.py sets it per pytest process; commands inherit it)
+CLIENT_VAR = "SEPID_FORKSERVER_CLIENT"
 SERVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "forkserver.py")
 
 

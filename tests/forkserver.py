@@ -26,10 +26,13 @@ Per connection, one request: ``{"run": {argv, env, cwd, unbuffered}}`` with thre
 (answers ``{"pid"}``, then ``{"returncode"}``; a process of the server waits for the command and
 kills it if the connection closes first), ``{"server_for": env}`` (answers ``{"socket"}`` of the server for ``env``'s import-time part,
 started with ``env`` if there is none), or
-``{"counts": true}`` (answers the commands forked so far, per server).
+``{"counts": client}`` (answers, per server, the commands forked so far whose environment's
+``SEPID_FORKSERVER_CLIENT`` is ``client``: the pytest-xdist workers sharing one server each count
+their own).
 """
 
 import atexit
+import collections
 import json
 import os
 import random
@@ -38,7 +41,8 @@ import signal
 import socket
 import sys
 
-from forkclient import SHIM_VAR, Connection, import_time, start_server  # sys.path[0]: tests/
+# this script's folder is sys.path[0]
+from forkclient import CLIENT_VAR, SHIM_VAR, Connection, import_time, start_server
 
 # what the recipes, the export and the data preparation import; a fork is safe here because
 # these imports leave no Python thread running (checked below) and torch's thread pool is rebuilt
@@ -127,7 +131,7 @@ class Server:
     def __init__(self, path, sys_path):
         self.path, self.key, self.sys_path = path, import_time(os.environ), sys_path
         self.others = {}  # json of an import-time environment -> (socket, Popen)
-        self.forked, self.pid = 0, os.getpid()
+        self.forked, self.pid = collections.Counter(), os.getpid()  # per client
 
     def start_other(self, env):
         """A server started now with environment ``env`` (of another import-time environment);
@@ -161,15 +165,15 @@ class Server:
                 self.others[key] = self.start_other(env)
             conn.send({"socket": self.others[key][0]})
         elif "counts" in request:
-            counts = {self.path: self.forked}
+            counts = {self.path: self.forked[request["counts"]]}
             for path, _ in self.others.values():
                 other = Connection.to(path)
-                other.send({"counts": True})
+                other.send({"counts": request["counts"]})
                 counts.update(other.reply())
                 other.close()
             conn.send(counts)
         else:
-            self.forked += 1
+            self.forked[request["run"]["env"].get(CLIENT_VAR, "")] += 1
             sys.stdout.flush()
             sys.stderr.flush()
             pid = os.fork()

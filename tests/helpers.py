@@ -1,6 +1,7 @@
 """Helpers shared by the tests."""
 
 import atexit
+import json
 import os
 import shutil
 import signal
@@ -10,7 +11,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import speechbrain as sb
+from filelock import FileLock
 from hyperpyyaml import load_hyperpyyaml
 
 from data_prep.make_mixtures import make_mixtures
@@ -29,18 +32,25 @@ class _ForkServer:
         self.proc, self.folder = None, None
         self.new_interpreters = 0  # commands run as a new interpreter
 
-    def ensure(self):
-        """Starts the server (again, if it died); puts its socket and the shim in this process's
-        environment, for every process it starts."""
+    def ensure(self, env=None):
+        """Starts the server (again, if it died), with environment ``env`` (this process's when
+        None); puts its socket and the shim in this process's environment, for every process it
+        starts. A pytest-xdist worker uses the server of its controller
+        (``tests/conftest.py::pytest_configure``), found in the environment it inherited, so that
+        the workers share its per-environment servers."""
+        client = os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get(forkclient.CLIENT_VAR)
+        os.environ[forkclient.CLIENT_VAR] = client or "main"  # whom its commands count for
         if self.proc is not None and self.proc.poll() is None:
             return
+        if self.proc is None and os.path.exists(os.environ.get(forkclient.SOCKET_VAR, "")):
+            return  # the controller's, started before this worker
         self.folder = Path(tempfile.mkdtemp(prefix="sepid-fork-"))
         shim = self.folder / "python"
         client = (ROOT / "tests" / "forkclient.py").read_text(encoding="utf-8")
         shim.write_text(f"#!{sys.executable} -IS\n{client}", encoding="utf-8")
         shim.chmod(0o755)
         with open(self.folder / "server.log", "w", encoding="utf-8") as log:
-            self.proc = forkclient.start_server(str(self.folder / "0.sock"), log=log)
+            self.proc = forkclient.start_server(str(self.folder / "0.sock"), env=env, log=log)
         os.environ[forkclient.SOCKET_VAR] = str(self.folder / "0.sock")
         os.environ[forkclient.SHIM_VAR] = str(shim)
         atexit.register(self.close)
@@ -53,17 +63,23 @@ class _ForkServer:
             self.proc.wait()
             shutil.rmtree(self.folder, ignore_errors=True)
 
+    def per_server(self):
+        """``{server socket: commands forked for this process (and the commands it started)}``."""
+        if not os.path.exists(os.environ.get(forkclient.SOCKET_VAR, "")):
+            return {}
+        conn = forkclient.Connection.to(os.environ[forkclient.SOCKET_VAR])
+        conn.send({"counts": os.environ[forkclient.CLIENT_VAR]})
+        forked = conn.reply()
+        conn.close()
+        return forked
+
     def counts(self):
-        """``{"forked": n, "servers": n, "new interpreter": n}`` so far."""
-        forked = {}
-        if self.proc is not None and self.proc.poll() is None:
-            conn = forkclient.Connection.to(os.environ[forkclient.SOCKET_VAR])
-            conn.send({"counts": True})
-            forked = conn.reply()
-            conn.close()
+        """``{"forked": n, "servers": n, "new interpreter": n}`` so far, for this process: the
+        commands forked, the servers that forked them, the commands run as new interpreters."""
+        forked = self.per_server()
         return {
             "forked": sum(forked.values()),
-            "servers": len(forked),
+            "servers": sum(1 for n in forked.values() if n),
             "new interpreter": self.new_interpreters,
         }
 
@@ -114,6 +130,29 @@ def run_python(args, timeout=600, env=None):
         text=True,
         timeout=timeout,
     )
+
+
+def once(tmp_path_factory, name, make):
+    """``make()`` (a JSON value: paths as strings) run once per test session: on pytest-xdist's
+    workers, by the first that asks, under a file lock in the session's shared temporary folder,
+    the others reading its result (or failing at once if it failed, rather than failing again
+    the same way: the error is reported with the first worker's test); without workers, simply
+    called."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return make()
+    shared = tmp_path_factory.getbasetemp().parent
+    record = shared / f"{name}.json"
+    with FileLock(shared / f"{name}.lock"):
+        if not record.is_file():
+            done = {"failed": os.environ["PYTEST_XDIST_WORKER"]}
+            try:
+                done = {"value": make()}
+            finally:
+                record.write_text(json.dumps(done))
+    done = json.loads(record.read_text())
+    if "failed" in done:
+        pytest.fail(f"session fixture {name} failed on worker {done['failed']} (see its error)")
+    return done["value"]
 
 
 def python_on_path(env):

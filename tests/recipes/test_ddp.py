@@ -17,7 +17,7 @@ def test_torchrun_two_processes_train_and_evaluate(
     """The training is the session's torchrun speaker run (tests/conftest.py::speaker_torchrun,
     2 epochs, the resume test's uninterrupted run too), evaluated here with two processes and
     with one."""
-    ddp = ["-m", "torch.distributed.run", "--nproc_per_node=2"]
+    ddp = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     evaluate = "recipes/speaker/evaluate.py"
     _, trained = speaker_torchrun
     out, gloo = f"--output_folder={trained}", "--distributed_backend=gloo"

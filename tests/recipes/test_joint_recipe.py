@@ -380,7 +380,7 @@ def test_torchrun_joint_training_and_evaluation_match_one_process(
     tests/unit/test_activation_checkpointing.py and test_activation_checkpointing_recipe.py, so a
     separate plain torchrun run would add nothing but time. The evaluation does no backward pass
     (the option changes nothing there), so it runs with the YAML's default."""
-    ddp = ["-m", "torch.distributed.run", "--nproc_per_node=2"]
+    ddp = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     args = [f"--output_folder={tmp_path / 'out'}", *cli(options), "--number_of_epochs=1"]
     gloo = "--distributed_backend=gloo"
     train = joint_recipe.command(

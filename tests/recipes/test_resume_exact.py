@@ -144,10 +144,10 @@ def test_speaker_recipe_resumes_bit_exact_under_torchrun(tmp_path, speaker_torch
     command, uninterrupted = speaker_torchrun
     assert "--number_of_epochs=2" in command(uninterrupted) and EPOCHS == 2
     resumed = tmp_path / "resumed"
-    ddp = command(resumed)[:3]
-    assert ddp == ["-m", "torch.distributed.run", "--nproc_per_node=2"]
+    ddp = command(resumed)[:4]
+    assert ddp == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     # both ranks killed at the first batch of the last epoch (torchrun then fails)
-    proc = run_python([*ddp, "tests/crash.py", f"batch:{EPOCHS}:1", "--", *command(resumed)[3:]])
+    proc = run_python([*ddp, "tests/crash.py", f"batch:{EPOCHS}:1", "--", *command(resumed)[4:]])
     assert proc.returncode != 0
     assert len(list((resumed / "save").glob("CKPT+*"))) == 1
     states = torch.load(

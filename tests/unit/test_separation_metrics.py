@@ -370,8 +370,10 @@ def _blas_threads():
 
 
 @pytest.mark.parametrize("mp_context", ["fork", "spawn"])
-def test_metric_pool_workers_run_single_threaded_blas(mp_context):
-    # the parent runs 2 BLAS threads, so a worker only has 1 if the pool set it
+def test_metric_pool_workers_run_single_threaded_blas(mp_context, monkeypatch):
+    # the parent runs 2 BLAS threads and a spawned worker would start with 2 (the environment the
+    # suite may run with says 1), so a worker only has 1 if the pool set it
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
     with threadpool_limits(limits=2, user_api="blas"):
         assert _blas_threads() and set(_blas_threads().values()) == {2}
         with _metric_pool(2, blas_threads=1, mp_context=mp_context) as pool:

@@ -1,0 +1,58 @@
+"""tests.helpers.once: what the session fixtures build is built once for all pytest-xdist workers,
+and a build that failed on one worker fails the others at once instead of running again."""
+
+import pytest
+
+from tests.helpers import once
+
+
+class Worker:
+    """What ``once`` reads of a worker's ``tmp_path_factory``: its base folder, one per worker
+    under the session's shared folder (as pytest-xdist lays them out)."""
+
+    def __init__(self, shared, name):
+        self.base = shared / f"popen-{name}"
+        self.base.mkdir(parents=True, exist_ok=True)
+
+    def getbasetemp(self):
+        return self.base
+
+
+def test_the_first_worker_builds_and_the_others_read(tmp_path, monkeypatch):
+    built = []
+
+    def make():
+        built.append(1)
+        return [str(tmp_path / "model"), "log"]
+
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    assert once(Worker(tmp_path, "gw0"), "model", make) == [str(tmp_path / "model"), "log"]
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    assert once(Worker(tmp_path, "gw1"), "model", make) == [str(tmp_path / "model"), "log"]
+    assert once(Worker(tmp_path, "gw1"), "other", lambda: 7) == 7
+    assert len(built) == 1
+
+
+def test_a_failed_build_fails_the_other_workers_without_running_again(tmp_path, monkeypatch):
+    calls = []
+
+    def make():
+        calls.append(1)
+        raise RuntimeError("training diverged")
+
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    with pytest.raises(RuntimeError, match="training diverged"):
+        once(Worker(tmp_path, "gw0"), "model", make)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    with pytest.raises(pytest.fail.Exception, match="model failed on worker gw0"):
+        once(Worker(tmp_path, "gw1"), "model", make)
+    assert len(calls) == 1
+
+
+def test_without_workers_it_simply_builds(tmp_path, monkeypatch):
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    calls = []
+    assert once(Worker(tmp_path, "master"), "model", lambda: calls.append(1) or "x") == "x"
+    assert once(Worker(tmp_path, "master"), "model", lambda: calls.append(1) or "x") == "x"
+    assert len(calls) == 2
+    assert not list(tmp_path.glob("model.*"))  # nothing shared written
