@@ -18,7 +18,15 @@ from pathlib import Path
 import pytest
 
 from sepid.tiny import save_tiny_sepformer, save_tiny_wavlm
-from tests.helpers import _FORK_SERVER, ROOT, Recipe, once, run_demo_driver, run_script
+from tests.helpers import (
+    _FORK_SERVER,
+    ROOT,
+    Recipe,
+    once,
+    run_demo_driver,
+    run_script,
+    scheduling_unit,
+)
 
 # in pytest-xdist's controller: each worker's commands per fork server, and new interpreters
 _WORKER_COUNTS = []
@@ -39,23 +47,17 @@ def pytest_configure(config):
             _FORK_SERVER.ensure(env={**os.environ, "PYTHONPATH": path})
 
 
-# the test files of the session's demo run (demo_driver_run, which removes its folder when its
-# worker's session ends, so it is not shared through tests.helpers.once): one worker runs them all
-SAME_WORKER = {"demo": ("tests/recipes/test_demo_driver.py", "tests/recipes/test_demo_speaker.py")}
-
-
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """pytest-xdist's ``load`` distribution (a test at a time to whichever worker is free), except
-    that the tests of each :data:`SAME_WORKER` group go to one worker, as a unit (what ``--dist
+    that the tests of each ``tests.helpers.SAME_WORKER`` group go to one worker, as a unit (what ``--dist
     loadgroup`` does with ``xdist_group`` marks, which pytest 9.2 + pytest-xdist 3.8 ignore: the
     group is appended to ``item._nodeid``, which pytest 9.2 no longer reads)."""
     from xdist.scheduler import LoadScopeScheduling
 
     class Scheduler(LoadScopeScheduling):
         def _split_scope(self, nodeid):
-            path = nodeid.split("::")[0]
-            return next((g for g, files in SAME_WORKER.items() if path in files), nodeid)
+            return scheduling_unit(nodeid)
 
     return Scheduler(config, log)
 

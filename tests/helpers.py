@@ -155,6 +155,18 @@ def once(tmp_path_factory, name, make):
     return done["value"]
 
 
+# test files that must run on one pytest-xdist worker: the demo run's (conftest.demo_driver_run
+# removes its folder when its worker's session ends, so it is not shared through :func:`once`)
+SAME_WORKER = {"demo": ("tests/recipes/test_demo_driver.py", "tests/recipes/test_demo_speaker.py")}
+
+
+def scheduling_unit(nodeid):
+    """What tests/conftest.py's scheduler sends to a worker as one unit: the test alone, or the
+    name of its :data:`SAME_WORKER` group."""
+    path = nodeid.split("::")[0]
+    return next((group for group, files in SAME_WORKER.items() if path in files), nodeid)
+
+
 def python_on_path(env):
     """``env`` with the fork server's ``python`` (the shim) first on ``PATH``, so that a shell
     command's ``python script.py ...`` is forked too (unless ``SEPID_TESTS_FORKSERVER=0``)."""

@@ -1,9 +1,12 @@
 """tests.helpers.once: what the session fixtures build is built once for all pytest-xdist workers,
-and a build that failed on one worker fails the others at once instead of running again."""
+and a build that failed on one worker fails the others at once instead of running again; the demo
+run's test files are scheduled on one worker (tests.helpers.scheduling_unit)."""
+
+import re
 
 import pytest
 
-from tests.helpers import once
+from tests.helpers import ROOT, SAME_WORKER, once, scheduling_unit
 
 
 class Worker:
@@ -56,3 +59,18 @@ def test_without_workers_it_simply_builds(tmp_path, monkeypatch):
     assert once(Worker(tmp_path, "master"), "model", lambda: calls.append(1) or "x") == "x"
     assert len(calls) == 2
     assert not list(tmp_path.glob("model.*"))  # nothing shared written
+
+
+def test_every_test_file_of_the_demo_run_is_scheduled_as_one_unit():
+    """The tests of the demo run's files go to one worker (one demo run per session); a new file
+    that takes the fixture without being listed would run the demo again on another worker."""
+    users = {
+        path.relative_to(ROOT).as_posix()
+        for path in (ROOT / "tests").rglob("test_*.py")
+        if re.search(r"def \w+\([^)]*\bdemo_driver_run\b", path.read_text(encoding="utf-8"))
+    }
+    assert users == set(SAME_WORKER["demo"])
+    units = {scheduling_unit(f"{path}::test_x[a::b]") for path in users}
+    assert units == {"demo"}
+    other = "tests/recipes/test_ddp.py::test_torchrun_two_processes_train_and_evaluate"
+    assert scheduling_unit(other) == other
