@@ -210,7 +210,7 @@ class Server:
                 sock, _ = listener.accept()
                 try:
                     self.handle(Connection(sock), listener)
-                except (BrokenPipeError, ConnectionResetError):
+                except ConnectionError:  # reset, broken pipe, or closed before its request
                     pass  # a client killed while asking (torchrun ending its ranks): serve on
                 sock.close()
             while True:  # reap the finished commands' processes

@@ -4,11 +4,13 @@ signals, atexit, timeouts), and a command whose environment is not the server's 
 interpreter."""
 
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
 
+from tests import forkclient
 from tests.helpers import _FORK_SERVER as SERVER
 from tests.helpers import ROOT, run_python
 
@@ -118,6 +120,15 @@ def test_a_command_past_its_timeout_is_killed(script):
     with pytest.raises(subprocess.TimeoutExpired):
         run_python([script, "sleep"], timeout=1)
     assert run_python([script, "ok"]).returncode == 0  # the server serves the next command
+
+
+def test_a_client_gone_before_its_request_does_not_stop_the_server(script):
+    """A client that connects and closes without asking (a shim killed just after connecting)
+    leaves the server serving the next command."""
+    SERVER.ensure()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(os.environ[forkclient.SOCKET_VAR])
+    assert run_python([script, "ok"]).returncode == 0
 
 
 def test_another_import_time_environment_gets_its_own_server(script, monkeypatch):
