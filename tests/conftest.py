@@ -5,8 +5,8 @@ speaker experiment trained once by the real speaker recipe, for the tests that n
 speaker model (joint, separation).
 
 The suite runs on pytest-xdist's workers (``-n auto`` in pyproject.toml), and what a session
-fixture builds is built once for all of them (tests.helpers.once), except the demo driver's run, whose
-tests run on one worker (it cleans up after itself: :func:`pytest_xdist_make_scheduler`)."""
+fixture builds is built once for all of them (tests.helpers.once), except the demo driver's run,
+whose tests run on one worker (it cleans up after itself: :func:`pytest_xdist_make_scheduler`)."""
 
 import collections
 import os
@@ -50,9 +50,9 @@ def pytest_configure(config):
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """pytest-xdist's ``load`` distribution (a test at a time to whichever worker is free), except
-    that the tests of each ``tests.helpers.SAME_WORKER`` group go to one worker, as a unit (what ``--dist
-    loadgroup`` does with ``xdist_group`` marks, which pytest 9.2 + pytest-xdist 3.8 ignore: the
-    group is appended to ``item._nodeid``, which pytest 9.2 no longer reads)."""
+    that the tests of each ``tests.helpers.SAME_WORKER`` group go to one worker, as a unit (what
+    ``--dist loadgroup`` does with ``xdist_group`` marks, which pytest 9.2 + pytest-xdist 3.8
+    ignore: the group is appended to ``item._nodeid``, which pytest 9.2 no longer reads)."""
     from xdist.scheduler import LoadScopeScheduling
 
     class Scheduler(LoadScopeScheduling):

@@ -1,7 +1,7 @@
 """The client side of tests/forkserver.py, standard library only: :func:`start_server` starts a
 server, :func:`start` sends a ``python script.py ...`` / ``python -m module ...`` command to the
-server for its environment (its exit code follows on the connection), and run as a program (the ``python`` the forked commands see as
-``sys.executable``: torchrun's ranks, the demo's stages) it is that ``python``::
+server for its environment (its exit code follows on the connection), and run as a program (the
+``python`` the forked commands see as ``sys.executable``: torchrun's ranks, the demo's stages) it is that ``python``::
 
     <shim> [-u] script.py args...    <shim> [-u] -m module args...
 

@@ -38,16 +38,15 @@ class _ForkServer:
         starts. A pytest-xdist worker uses the server of its controller
         (``tests/conftest.py::pytest_configure``), found in the environment it inherited, so that
         the workers share its per-environment servers."""
-        client = os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get(forkclient.CLIENT_VAR)
-        os.environ[forkclient.CLIENT_VAR] = client or "main"  # whom its commands count for
+        os.environ[forkclient.CLIENT_VAR] = self.client()  # whom its commands count for
         if self.proc is not None and self.proc.poll() is None:
             return
         if self.proc is None and os.path.exists(os.environ.get(forkclient.SOCKET_VAR, "")):
             return  # the controller's, started before this worker
         self.folder = Path(tempfile.mkdtemp(prefix="sepid-fork-"))
         shim = self.folder / "python"
-        client = (ROOT / "tests" / "forkclient.py").read_text(encoding="utf-8")
-        shim.write_text(f"#!{sys.executable} -IS\n{client}", encoding="utf-8")
+        source = (ROOT / "tests" / "forkclient.py").read_text(encoding="utf-8")
+        shim.write_text(f"#!{sys.executable} -IS\n{source}", encoding="utf-8")
         shim.chmod(0o755)
         with open(self.folder / "server.log", "w", encoding="utf-8") as log:
             self.proc = forkclient.start_server(str(self.folder / "0.sock"), env=env, log=log)
@@ -63,12 +62,19 @@ class _ForkServer:
             self.proc.wait()
             shutil.rmtree(self.folder, ignore_errors=True)
 
+    @staticmethod
+    def client():
+        """Whom this process's commands count for: its pytest-xdist worker, else what it
+        inherited from the process that started it, else ``main``."""
+        worker = os.environ.get("PYTEST_XDIST_WORKER")
+        return worker or os.environ.get(forkclient.CLIENT_VAR) or "main"
+
     def per_server(self):
         """``{server socket: commands forked for this process (and the commands it started)}``."""
         if not os.path.exists(os.environ.get(forkclient.SOCKET_VAR, "")):
             return {}
         conn = forkclient.Connection.to(os.environ[forkclient.SOCKET_VAR])
-        conn.send({"counts": os.environ[forkclient.CLIENT_VAR]})
+        conn.send({"counts": self.client()})
         forked = conn.reply()
         conn.close()
         return forked
